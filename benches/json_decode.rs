@@ -1,0 +1,37 @@
+//! Decoding {"value": "<tweet>"} payloads: simd-json (what the worker uses) vs serde_json.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::json::{decode_value, decode_value_serde_json};
+
+fn bench(c: &mut Criterion) {
+    let payloads: Vec<Vec<u8>> = read_tweets(&default_tweets_csv())
+        .expect("test.csv")
+        .into_iter()
+        .map(|t| serde_json::to_vec(&serde_json::json!({ "value": t })).expect("json"))
+        .collect();
+    let mut g = c.benchmark_group("json_decode");
+    g.throughput(Throughput::Elements(payloads.len() as u64));
+    g.bench_function("simd_json", |b| {
+        // The worker copies each payload into a reused scratch buffer (simd-json parses in place).
+        let mut scratch = Vec::with_capacity(1024);
+        b.iter(|| {
+            for p in &payloads {
+                scratch.clear();
+                scratch.extend_from_slice(p);
+                black_box(decode_value(&mut scratch).expect("valid").len());
+            }
+        })
+    });
+    g.bench_function("serde_json", |b| {
+        b.iter(|| {
+            for p in &payloads {
+                black_box(decode_value_serde_json(p).expect("valid").len());
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

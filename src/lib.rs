@@ -1,0 +1,18 @@
+//! kafka-infer: a micro-batching Kafka worker that scores tweets with a small text CNN.
+//!
+//! The library holds every piece; `main.rs` only wires them together. Inference core:
+//! [`preprocess`] (text → ids, train/serve parity), [`batch`] (padding), [`model`]
+//! (tract plan + per-thread sessions), [`json`] (wire format), [`score`] (offline scoring).
+
+pub mod batch;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod json;
+pub mod model;
+pub mod preprocess;
+pub mod score;
+
+pub use error::{Error, Result};
+pub use model::{Classifier, Session};
+pub use preprocess::Tokenizer;
