@@ -1,8 +1,12 @@
 //! Command-line interface (clap derive). Every flag can also be set from the environment.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::batcher::BatchPolicy;
+use crate::worker::WorkerConfig;
 
 /// Scores tweets with a disaster-tweet CNN: offline (`score`), as a Kafka worker (`run`), or
 /// end to end against an in-process demo broker (`demo`).
@@ -21,6 +25,19 @@ pub enum Command {
     /// tweet, {"error":"<reason>","line":N} for a line that is not valid JSON, lacks a string
     /// "value", or is not UTF-8 (N counts from 1). Bad lines never stop the run.
     Score(ScoreArgs),
+    /// Run the streaming worker: consume tweets, score them in micro-batches, produce scores.
+    ///
+    /// Reads {"value": "<tweet>"} records from the input topic (one thread per assigned
+    /// partition), scores them in batches, and writes {"value":[score]} to the same partition of
+    /// the output topic with the input's key and timestamp and headers model-version,
+    /// source-topic, source-partition, source-offset. Records that cannot be scored go to the
+    /// dead-letter topic with headers dlq-reason / dlq-error. An input offset is committed only
+    /// once its output is acknowledged by the broker (at-least-once). SIGINT / SIGTERM drain
+    /// and commit before exiting 0.
+    Run(RunArgs),
+    /// Zero-setup demo: an in-process DEMO broker (librdkafka's mock cluster), the real worker,
+    /// and the tweets of test.csv; prints sample scores, throughput and latency.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,4 +71,173 @@ pub struct ScoreArgs {
     /// Tweets per inference batch.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch_size: u32,
+}
+
+/// Parses `-X key=value`.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))?;
+    if k.trim().is_empty() {
+        return Err(format!("empty property name in {s:?}"));
+    }
+    Ok((k.trim().to_owned(), v.to_owned()))
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Batching and pipeline tuning shared by `run` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Close a batch at this many tweets.
+    #[arg(long, env = "KAFKA_INFER_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_batch: u32,
+    /// Close a batch this long after its first tweet arrived, even if not full.
+    #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Close a batch once batch size × longest tweet (padded tokens) reaches this budget.
+    #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768)]
+    pub max_batch_tokens: u32,
+    /// Capacity of the channel between partition threads and the batcher (tweets). When full,
+    /// partition threads block: that is the backpressure.
+    #[arg(long, env = "KAFKA_INFER_CHANNEL_CAPACITY", default_value_t = 4096)]
+    pub channel_capacity: u32,
+    /// Threads running inference, each with its own model state [default: number of cores].
+    #[arg(long, env = "KAFKA_INFER_INFERENCE_THREADS")]
+    pub inference_threads: Option<u32>,
+    /// Commit delivered offsets this often (also on revoke and at shutdown).
+    #[arg(long, env = "KAFKA_INFER_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+    /// On revoke or shutdown, wait at most this long for in-flight records to be delivered.
+    #[arg(long, env = "KAFKA_INFER_DRAIN_TIMEOUT_MS", default_value_t = 10000)]
+    pub drain_timeout_ms: u64,
+    /// Records whose value is larger than this go to the dead-letter topic.
+    #[arg(long, env = "KAFKA_INFER_MAX_TEXT_BYTES", default_value_t = 65536)]
+    pub max_text_bytes: u32,
+    /// BENCHMARK MODE ONLY: skip the model and score every tweet 0.5 (still decodes, tokenizes,
+    /// batches, produces and commits). Measures the worker's own overhead.
+    #[arg(long, env = "KAFKA_INFER_BENCHMARK_PASSTHROUGH")]
+    pub benchmark_passthrough: bool,
+}
+
+impl PipelineArgs {
+    pub fn policy(&self) -> BatchPolicy {
+        BatchPolicy {
+            max_batch: self.max_batch as usize,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_tokens: self.max_batch_tokens as usize,
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.inference_threads
+            .map_or_else(default_threads, |n| n.max(1) as usize)
+    }
+
+    /// A worker configuration with this tuning; connection and topic fields are left empty for
+    /// the caller to fill in.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            brokers: String::new(),
+            group_id: String::new(),
+            input_topic: String::new(),
+            output_topic: String::new(),
+            dlq_topic: String::new(),
+            policy: self.policy(),
+            channel_capacity: self.channel_capacity as usize,
+            inference_threads: self.threads(),
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            max_text_bytes: self.max_text_bytes as usize,
+            metrics_addr: None,
+            log_interval: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(10),
+            client_properties: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Consumer group.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "kafka-infer")]
+    pub group_id: String,
+    /// Topic to read tweets from.
+    #[arg(long, env = "KAFKA_INPUT_TOPIC", default_value = "incoming_tweet")]
+    pub input_topic: String,
+    /// Topic to write scores to.
+    #[arg(
+        long,
+        env = "KAFKA_OUTPUT_TOPIC",
+        default_value = "tweet_disaster_inference"
+    )]
+    pub output_topic: String,
+    /// Topic for records that cannot be scored.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "incoming_tweet.dlq")]
+    pub dlq_topic: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Serve Prometheus /metrics and /healthz here ("off" to disable).
+    #[arg(
+        long,
+        env = "KAFKA_INFER_METRICS_ADDR",
+        default_value = "127.0.0.1:9898"
+    )]
+    pub metrics_addr: String,
+    /// Log a one-line stats summary this often.
+    #[arg(long, env = "KAFKA_INFER_LOG_INTERVAL_MS", default_value_t = 5000)]
+    pub log_interval_ms: u64,
+    /// Give up at start-up if the broker does not answer within this time.
+    #[arg(long, env = "KAFKA_INFER_STARTUP_TIMEOUT_MS", default_value_t = 10000)]
+    pub startup_timeout_ms: u64,
+    /// A librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL. Prefix with
+    /// "consumer." or "producer." to set it on one client only (e.g. -X consumer.fetch.wait.max.ms=1).
+    /// Env: KAFKA_INFER_PROPERTIES, comma-separated.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "KAFKA_INFER_PROPERTIES", value_delimiter = ',')]
+    pub properties: Vec<(String, String)>,
+}
+
+impl RunArgs {
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            brokers: self.brokers.clone(),
+            group_id: self.group_id.clone(),
+            input_topic: self.input_topic.clone(),
+            output_topic: self.output_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
+            log_interval: Duration::from_millis(self.log_interval_ms),
+            startup_timeout: Duration::from_millis(self.startup_timeout_ms),
+            client_properties: self.properties.clone(),
+            ..self.pipeline.worker_config()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tweets to feed: a CSV with a "text" column or a JSON-lines file [default:
+    /// ../shared/data/disaster-tweets/test.csv].
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// Feed at most this many tweets (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Partitions of the demo input and output topics.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// How many scored tweets to print.
+    #[arg(long, default_value_t = 12)]
+    pub sample: usize,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }

@@ -5,13 +5,23 @@
 //! (tract plan + per-thread sessions), [`json`] (wire format), [`score`] (offline scoring).
 
 pub mod batch;
+pub mod batcher;
+pub mod commit;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
+pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod score;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod testkit;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use model::{Classifier, Session};

@@ -1,0 +1,164 @@
+//! Micro-batching: group tweets from the source channel into batches for one inference each.
+//!
+//! A batch closes when it holds `max_batch` tweets, when its padded size (`len × longest`)
+//! reaches the token budget, or `max_wait` after its *first* tweet arrived — whichever comes
+//! first. Under load batches fill instantly; when traffic is light, no tweet waits more than
+//! `max_wait` for company. The decision is the pure function [`decide`].
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::metrics::{Metrics, Stage};
+use crate::source::Item;
+
+/// When to close a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// Budget in padded tokens (`len × longest`), bounding one inference's tensor size.
+    pub max_tokens: usize,
+}
+
+/// What the batcher should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing buffered: block until a tweet arrives.
+    Idle,
+    /// Keep collecting until this instant.
+    WaitUntil(Instant),
+    /// Close the batch and run it now.
+    Flush,
+}
+
+/// The flush decision for a batch of `len` tweets whose longest has `longest` ids, opened at
+/// `opened` (arrival of its first tweet).
+pub fn decide(
+    policy: &BatchPolicy,
+    len: usize,
+    longest: usize,
+    opened: Option<Instant>,
+    now: Instant,
+) -> Decision {
+    let Some(opened) = opened.filter(|_| len > 0) else {
+        return Decision::Idle;
+    };
+    if len >= policy.max_batch || len * longest.max(1) >= policy.max_tokens {
+        return Decision::Flush;
+    }
+    let deadline = opened + policy.max_wait;
+    if now >= deadline {
+        Decision::Flush
+    } else {
+        Decision::WaitUntil(deadline)
+    }
+}
+
+/// A closed batch on its way to inference. `seq` orders batches so the sink can restore the
+/// batcher's order after parallel inference (which keeps per-partition order intact).
+pub struct Batch {
+    pub seq: u64,
+    pub items: Vec<Item>,
+}
+
+/// Runs until the source channel is closed and drained; then flushes what is left and returns,
+/// which closes `out` and lets the inference threads finish.
+pub fn run(rx: Receiver<Item>, out: Sender<Batch>, policy: BatchPolicy, metrics: &Metrics) {
+    let mut items: Vec<Item> = Vec::with_capacity(policy.max_batch);
+    let mut longest = 0usize;
+    let mut opened: Option<Instant> = None;
+    let mut seq = 0u64;
+    let mut closed = false;
+    loop {
+        let now = Instant::now();
+        let decision = if closed && !items.is_empty() {
+            Decision::Flush
+        } else {
+            decide(&policy, items.len(), longest, opened, now)
+        };
+        let received = match decision {
+            Decision::Flush => {
+                if let Some(o) = opened {
+                    metrics.record(Stage::BatchWait, now.saturating_duration_since(o));
+                }
+                metrics.record_batch_size(items.len());
+                let batch = Batch {
+                    seq,
+                    items: std::mem::replace(&mut items, Vec::with_capacity(policy.max_batch)),
+                };
+                seq += 1;
+                longest = 0;
+                opened = None;
+                // Bounded: blocks while every inference thread is busy and one batch is queued
+                // (prefetch-one), which backs up into the source channel and the partitions.
+                if out.send(batch).is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ if closed => return,
+            Decision::Idle => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Decision::WaitUntil(deadline) => rx.recv_deadline(deadline),
+        };
+        match received {
+            Ok(item) => {
+                let now = Instant::now();
+                metrics.record(
+                    Stage::ChannelWait,
+                    now.saturating_duration_since(item.consumed_at),
+                );
+                opened.get_or_insert(now);
+                longest = longest.max(item.ids.len());
+                items.push(item);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => closed = true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: BatchPolicy = BatchPolicy {
+        max_batch: 4,
+        max_wait: Duration::from_millis(5),
+        max_tokens: 100,
+    };
+
+    #[test]
+    fn an_empty_batch_waits_for_the_first_tweet() {
+        let now = Instant::now();
+        assert_eq!(decide(&P, 0, 0, None, now), Decision::Idle);
+        assert_eq!(decide(&P, 0, 0, Some(now), now), Decision::Idle);
+    }
+
+    #[test]
+    fn a_partial_batch_waits_until_max_wait_after_its_first_tweet() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_millis(2);
+        assert_eq!(
+            decide(&P, 1, 9, Some(t0), at),
+            Decision::WaitUntil(t0 + P.max_wait)
+        );
+        assert_eq!(decide(&P, 1, 9, Some(t0), t0 + P.max_wait), Decision::Flush);
+    }
+
+    #[test]
+    fn a_full_batch_flushes_at_once() {
+        let t0 = Instant::now();
+        assert_eq!(decide(&P, 4, 1, Some(t0), t0), Decision::Flush);
+    }
+
+    #[test]
+    fn the_padded_token_budget_closes_a_batch_of_long_tweets_early() {
+        let t0 = Instant::now();
+        assert_eq!(decide(&P, 2, 50, Some(t0), t0), Decision::Flush);
+        assert_eq!(
+            decide(&P, 2, 49, Some(t0), t0),
+            Decision::WaitUntil(t0 + P.max_wait)
+        );
+    }
+}
