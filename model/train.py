@@ -144,7 +144,10 @@ def export_onnx(model, path: Path):
     import tf2onnx
 
     widths = HP["kernel_widths"]
-    emb = model.get_layer("embedding").get_weights()[0]
+    emb = model.get_layer("embedding").get_weights()[0].copy()
+    # The trained graph multiplies embeddings by the padding mask; a zero padding row does the
+    # same for free (one op fewer per position).
+    emb[PAD_ID] = 0.0
     e = emb.shape[1]
     # TF "same" padding puts (k-1)//2 zeros on the left: tap j of width k reads x[t + j - (k-1)//2].
     shifts = sorted({j - (k - 1) // 2 for k in widths for j in range(k)})
@@ -165,7 +168,7 @@ def export_onnx(model, path: Path):
         emb_c, w_c, bias_c = tf.constant(emb), tf.constant(w), tf.constant(bias)
         dw_c, db_c = tf.constant(dense_w), tf.constant(dense_b)
         mask = tf.expand_dims(tf.cast(tf.not_equal(tokens, PAD_ID), tf.float32), -1)
-        x = tf.gather(emb_c, tokens) * mask
+        x = tf.gather(emb_c, tokens)
         parts = []
         for d in shifts:  # part d holds x[t + d]
             if d == 0:

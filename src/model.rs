@@ -15,8 +15,8 @@ use crate::batch;
 use crate::error::{Error, Result};
 use crate::preprocess::Tokenizer;
 
-type Plan = TypedSimplePlan<TypedModel>;
-type PlanState = TypedSimpleState<TypedModel, Arc<Plan>>;
+type Plan = TypedSimplePlan;
+type PlanState = TypedSimpleState;
 
 /// What produces scores: the real model, or a constant (benchmark pass-through mode).
 #[derive(Clone)]
@@ -73,9 +73,9 @@ impl Classifier {
     /// A run state for the calling thread.
     pub fn session(&self) -> Result<Session> {
         let state = match &self.backend {
-            Backend::Onnx(plan) => SessionState::Onnx(Box::new(
-                PlanState::new(plan.clone()).map_err(Error::model)?,
-            )),
+            Backend::Onnx(plan) => {
+                SessionState::Onnx(Box::new(PlanState::new(plan).map_err(Error::model)?))
+            }
             Backend::Constant(s) => SessionState::Constant(*s),
         };
         Ok(Session {
@@ -97,7 +97,6 @@ fn optimize(onnx: &[u8]) -> Result<Arc<Plan>> {
     model
         .into_optimized()
         .and_then(|m| m.into_runnable())
-        .map(Arc::new)
         .map_err(Error::model)
 }
 
@@ -139,9 +138,11 @@ impl Session {
                 let scores = out
                     .first()
                     .ok_or_else(|| Error::Model("model produced no output".into()))?
-                    .as_slice::<f32>()
+                    .to_plain_array_view::<f32>()
                     .map_err(Error::model)?
-                    .to_vec();
+                    .iter()
+                    .copied()
+                    .collect::<Vec<f32>>();
                 if scores.len() != rows {
                     return Err(Error::Model(format!(
                         "model returned {} scores for {rows} inputs",
