@@ -1,0 +1,164 @@
+//! Drain benchmark on a local tansu broker: preload N tweets (test.csv, cycled) into a
+//! 3-partition input topic, start the worker, time its first to last prediction. Runs the real
+//! model and the pass-through mode (`--benchmark-passthrough`: no inference, constant score)
+//! against the same preloaded topic in one run, and reports tweets/s and the worker's peak RSS.
+//!
+//!     cargo bench --bench drain                      # 1,000,000 tweets
+//!     DRAIN_TWEETS=200000 cargo bench --bench drain  # quicker
+//!
+//! Needs tansu (see README). The reader of the output topic shares the machine with the worker,
+//! as a real consumer would.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::testkit::{create_topics, unique, Tansu};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 3;
+
+fn main() {
+    // `cargo bench` passes --bench; any other argument is not ours to interpret.
+    let n: usize = std::env::var("DRAIN_TWEETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let broker = Tansu::start().expect("start tansu (see README: cargo install tansu ...)");
+    let bootstrap = broker.bootstrap();
+    let input = unique("drain-in");
+    create_topics(&bootstrap, &[(&input, PARTITIONS)]).expect("create input");
+
+    let tweets = read_tweets(&default_tweets_csv()).expect("test.csv");
+    let t0 = Instant::now();
+    preload(&bootstrap, &input, &tweets, n);
+    let preload_s = t0.elapsed().as_secs_f64();
+    println!(
+        "preloaded {n} tweets into {PARTITIONS} partitions in {preload_s:.1} s ({:.0}/s)",
+        n as f64 / preload_s
+    );
+
+    let mut rows = Vec::new();
+    for (label, extra) in [
+        ("real model", &[][..]),
+        (
+            "pass-through (no inference)",
+            &["--benchmark-passthrough"][..],
+        ),
+    ] {
+        let output = unique("drain-out");
+        let dlq = unique("drain-dlq");
+        create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]).expect("create outputs");
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+            .arg("run")
+            .args(["--brokers", &bootstrap, "--group-id", &unique("drain")])
+            .args([
+                "--input-topic",
+                &input,
+                "--output-topic",
+                &output,
+                "--dlq-topic",
+                &dlq,
+            ])
+            .arg("--model-dir")
+            .arg(&model)
+            .args([
+                "--metrics-addr",
+                "off",
+                "-X",
+                "consumer.fetch.wait.max.ms=5",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start worker");
+        let (first, last, got) = drain(&bootstrap, &output, n);
+        let rss_kb = peak_rss_kb(worker.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status();
+        let _ = worker.wait();
+        let secs = (last - first).as_secs_f64();
+        let rate = (got.saturating_sub(1)) as f64 / secs.max(1e-9);
+        println!("{label}: {got} predictions, first→last {secs:.2} s, {rate:.0} tweets/s, peak RSS {:.0} MiB", rss_kb as f64 / 1024.0);
+        rows.push((label, got, secs, rate, rss_kb));
+    }
+    println!("\n| mode | predictions | first→last (s) | tweets/s | worker peak RSS (MiB) |\n|---|---:|---:|---:|---:|");
+    for (label, got, secs, rate, rss) in &rows {
+        println!(
+            "| {label} | {got} | {secs:.2} | {rate:.0} | {:.0} |",
+            *rss as f64 / 1024.0
+        );
+    }
+    if let [(_, _, _, real, _), (_, _, _, pass, _)] = rows.as_slice() {
+        println!("\nreal model / pass-through throughput: {:.2}", real / pass);
+    }
+}
+
+fn preload(bootstrap: &str, topic: &str, tweets: &[String], n: usize) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        let value = serde_json::to_vec(&serde_json::json!({ "value": tweets[i % tweets.len()] }))
+            .expect("json");
+        let key = i.to_string();
+        let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
+        while let Err((_, back)) = p.send(rec) {
+            rec = back;
+            p.poll(Duration::from_millis(1));
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush preload");
+}
+
+/// Reads the output topic until `n` predictions arrived (or 20 minutes passed); returns the
+/// arrival times of the first and last and the count.
+fn drain(bootstrap: &str, topic: &str, n: usize) -> (Instant, Instant, usize) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("drain-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let (mut first, mut last, mut got) = (None, Instant::now(), 0usize);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+            got += 1;
+        }
+    }
+    (first.unwrap_or(last), last, got)
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
