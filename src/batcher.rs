@@ -2,9 +2,12 @@
 //!
 //! A batch closes when it holds `max_batch` tweets, when its padded size (`len × longest`)
 //! reaches the token budget, or `max_wait` after its *first* tweet arrived — whichever comes
-//! first. Under load batches fill instantly; when traffic is light, no tweet waits more than
-//! `max_wait` for company. The decision is the pure function [`decide`].
+//! first. It also closes early when nothing more is queued and an inference thread is idle:
+//! waiting could only add latency then. So batches adapt to load: while every inference thread
+//! is busy, tweets accumulate and batches grow (throughput); when traffic is light, each tweet
+//! is scored as soon as it arrives (latency). The decision is the pure function [`decide`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -32,6 +35,15 @@ pub enum Decision {
     Flush,
 }
 
+/// What the batcher sees besides its own batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    /// No tweet is waiting in the source channel right now.
+    pub queue_empty: bool,
+    /// At least one inference thread is waiting for a batch.
+    pub inference_idle: bool,
+}
+
 /// The flush decision for a batch of `len` tweets whose longest has `longest` ids, opened at
 /// `opened` (arrival of its first tweet).
 pub fn decide(
@@ -39,12 +51,16 @@ pub fn decide(
     len: usize,
     longest: usize,
     opened: Option<Instant>,
+    pressure: Pressure,
     now: Instant,
 ) -> Decision {
     let Some(opened) = opened.filter(|_| len > 0) else {
         return Decision::Idle;
     };
     if len >= policy.max_batch || len * longest.max(1) >= policy.max_tokens {
+        return Decision::Flush;
+    }
+    if pressure.queue_empty && pressure.inference_idle {
         return Decision::Flush;
     }
     let deadline = opened + policy.max_wait;
@@ -63,8 +79,15 @@ pub struct Batch {
 }
 
 /// Runs until the source channel is closed and drained; then flushes what is left and returns,
-/// which closes `out` and lets the inference threads finish.
-pub fn run(rx: Receiver<Item>, out: Sender<Batch>, policy: BatchPolicy, metrics: &Metrics) {
+/// which closes `out` and lets the inference threads finish. `idle_threads` counts inference
+/// threads waiting for a batch.
+pub fn run(
+    rx: Receiver<Item>,
+    out: Sender<Batch>,
+    policy: BatchPolicy,
+    idle_threads: &AtomicUsize,
+    metrics: &Metrics,
+) {
     let mut items: Vec<Item> = Vec::with_capacity(policy.max_batch);
     let mut longest = 0usize;
     let mut opened: Option<Instant> = None;
@@ -72,10 +95,15 @@ pub fn run(rx: Receiver<Item>, out: Sender<Batch>, policy: BatchPolicy, metrics:
     let mut closed = false;
     loop {
         let now = Instant::now();
+        let pressure = Pressure {
+            queue_empty: rx.is_empty(),
+            // A closed batch already waiting in `out` will take the next idle thread.
+            inference_idle: out.is_empty() && idle_threads.load(Ordering::Acquire) > 0,
+        };
         let decision = if closed && !items.is_empty() {
             Decision::Flush
         } else {
-            decide(&policy, items.len(), longest, opened, now)
+            decide(&policy, items.len(), longest, opened, pressure, now)
         };
         let received = match decision {
             Decision::Flush => {
@@ -127,12 +155,17 @@ mod tests {
         max_wait: Duration::from_millis(5),
         max_tokens: 100,
     };
+    /// Busy: more tweets queued, or no inference thread free.
+    const BUSY: Pressure = Pressure {
+        queue_empty: false,
+        inference_idle: false,
+    };
 
     #[test]
     fn an_empty_batch_waits_for_the_first_tweet() {
         let now = Instant::now();
-        assert_eq!(decide(&P, 0, 0, None, now), Decision::Idle);
-        assert_eq!(decide(&P, 0, 0, Some(now), now), Decision::Idle);
+        assert_eq!(decide(&P, 0, 0, None, BUSY, now), Decision::Idle);
+        assert_eq!(decide(&P, 0, 0, Some(now), BUSY, now), Decision::Idle);
     }
 
     #[test]
@@ -140,25 +173,57 @@ mod tests {
         let t0 = Instant::now();
         let at = t0 + Duration::from_millis(2);
         assert_eq!(
-            decide(&P, 1, 9, Some(t0), at),
+            decide(&P, 1, 9, Some(t0), BUSY, at),
             Decision::WaitUntil(t0 + P.max_wait)
         );
-        assert_eq!(decide(&P, 1, 9, Some(t0), t0 + P.max_wait), Decision::Flush);
+        assert_eq!(
+            decide(&P, 1, 9, Some(t0), BUSY, t0 + P.max_wait),
+            Decision::Flush
+        );
     }
 
     #[test]
     fn a_full_batch_flushes_at_once() {
         let t0 = Instant::now();
-        assert_eq!(decide(&P, 4, 1, Some(t0), t0), Decision::Flush);
+        assert_eq!(decide(&P, 4, 1, Some(t0), BUSY, t0), Decision::Flush);
     }
 
     #[test]
     fn the_padded_token_budget_closes_a_batch_of_long_tweets_early() {
         let t0 = Instant::now();
-        assert_eq!(decide(&P, 2, 50, Some(t0), t0), Decision::Flush);
+        assert_eq!(decide(&P, 2, 50, Some(t0), BUSY, t0), Decision::Flush);
         assert_eq!(
-            decide(&P, 2, 49, Some(t0), t0),
+            decide(&P, 2, 49, Some(t0), BUSY, t0),
             Decision::WaitUntil(t0 + P.max_wait)
         );
+    }
+
+    #[test]
+    fn light_traffic_flushes_at_once_when_nothing_is_queued_and_a_thread_is_idle() {
+        let t0 = Instant::now();
+        let idle = Pressure {
+            queue_empty: true,
+            inference_idle: true,
+        };
+        assert_eq!(decide(&P, 1, 9, Some(t0), idle, t0), Decision::Flush);
+    }
+
+    #[test]
+    fn under_load_a_batch_keeps_growing_while_tweets_queue_or_threads_are_busy() {
+        let t0 = Instant::now();
+        let queued = Pressure {
+            queue_empty: false,
+            inference_idle: true,
+        };
+        let busy = Pressure {
+            queue_empty: true,
+            inference_idle: false,
+        };
+        for p in [queued, busy] {
+            assert_eq!(
+                decide(&P, 1, 9, Some(t0), p, t0),
+                Decision::WaitUntil(t0 + P.max_wait)
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@
 //! Shutdown (signal or [`Shutdown::request`]): stop fetching, let queued tweets finish, wait for
 //! their deliveries (bounded by the drain timeout), commit synchronously, close, return.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -82,7 +82,8 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         .set("bootstrap.servers", &cfg.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        // Batching comes from the micro-batcher; a long linger would only add latency.
+        .set("linger.ms", "1")
         // The Java client's key hashing, so keyed outputs land where Kafka Streams would put them.
         .set("partitioner", "murmur2_random");
     for (k, v) in &cfg.client_properties {
@@ -190,9 +191,11 @@ pub fn run(
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Scored>(cfg.inference_threads * 2);
 
     let mut pipeline = Vec::new();
-    let (m, policy) = (metrics.clone(), cfg.policy);
+    // Inference threads waiting for a batch: the batcher flushes early while one is idle.
+    let idle_threads = Arc::new(AtomicUsize::new(0));
+    let (m, policy, idle) = (metrics.clone(), cfg.policy, idle_threads.clone());
     pipeline.push(spawn("batcher", move || {
-        batcher::run(item_rx, batch_tx, policy, &m)
+        batcher::run(item_rx, batch_tx, policy, &idle, &m)
     })?);
     // Each inference thread builds its own tract state (it is not `Send`) and reports back, so
     // a model problem fails start-up rather than a thread.
@@ -205,6 +208,7 @@ pub fn run(
             classifier.clone(),
             ready_tx.clone(),
         );
+        let idle = idle_threads.clone();
         pipeline.push(spawn(&format!("inference-{i}"), move || {
             let mut session = match c.session() {
                 Ok(s) => s,
@@ -215,7 +219,11 @@ pub fn run(
             };
             let _ = ready.send(Ok(()));
             drop(ready);
-            for batch in rx {
+            loop {
+                idle.fetch_add(1, Ordering::AcqRel);
+                let next = rx.recv();
+                idle.fetch_sub(1, Ordering::AcqRel);
+                let Ok(batch) = next else { return };
                 let t0 = Instant::now();
                 let ids: Vec<&[i32]> = batch.items.iter().map(|it| it.ids.as_slice()).collect();
                 let results = session.score_each(&ids);
