@@ -125,6 +125,12 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
 
+    /// Send nothing: draw the plot (--plot, required) from existing .hgrm files, one curve per
+    /// file, labelled LABEL or the file name. Use it to compare runs made separately, e.g. each
+    /// on a freshly started broker: `--plot out.svg --plot-from 250/s=a.hgrm 500/s=b.hgrm`.
+    #[arg(long, value_name = "[LABEL=]FILE.hgrm", num_args = 1.., requires = "plot")]
+    pub plot_from: Vec<String>,
+
     /// Print one JSON object (all runs, max sustainable rate, file paths) on stdout instead
     /// of the table.
     #[arg(long)]

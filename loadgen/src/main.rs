@@ -43,6 +43,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !cli.plot_from.is_empty() {
+        return plot_from_files(&cli);
+    }
     validate(&cli)?;
     let run_id = cli.run_id.clone().unwrap_or_else(default_run_id);
     let input = cli
@@ -244,4 +247,36 @@ mod tests {
         let cli = Cli::parse_from(["loadgen", "--find-max"]);
         assert!(validate(&cli).is_ok());
     }
+}
+
+/// `--plot-from`: one SVG from existing .hgrm files.
+fn plot_from_files(cli: &Cli) -> anyhow::Result<()> {
+    let mut curves = Vec::new();
+    for spec in &cli.plot_from {
+        let (label, path) = match spec.split_once('=') {
+            Some((l, p)) => (l.to_owned(), std::path::PathBuf::from(p)),
+            None => {
+                let p = std::path::PathBuf::from(spec);
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (stem, p)
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        curves.push(
+            plot::Curve::from_hgrm(label, &text)
+                .with_context(|| format!("parsing {}", path.display()))?,
+        );
+    }
+    let out = cli.plot.clone().context("--plot-from needs --plot")?;
+    plot::save_svg(
+        &out,
+        "kafka-infer end-to-end latency by percentile",
+        &curves,
+    )?;
+    println!("plot: {}", out.display());
+    Ok(())
 }

@@ -45,6 +45,33 @@ impl Curve {
     }
 }
 
+impl Curve {
+    /// The curve of a `.hgrm` percentile distribution (values in ms), as written by
+    /// `report::write_hgrm` or HdrHistogram's `outputPercentileDistribution`.
+    pub fn from_hgrm(label: impl Into<String>, text: &str) -> Result<Self> {
+        let mut points = Vec::new();
+        for line in text.lines().map(str::trim) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(v), Some(q)) = (cols.first(), cols.get(1)) else {
+                continue;
+            };
+            let (Ok(v), Ok(q)) = (v.parse::<f64>(), q.parse::<f64>()) else {
+                continue;
+            };
+            if q < 1.0 {
+                points.push((x_of(q), v));
+            }
+        }
+        if points.is_empty() {
+            return Err(Error::Plot("no percentile rows in .hgrm".into()));
+        }
+        Ok(Curve {
+            label: label.into(),
+            points,
+        })
+    }
+}
+
 /// Percentile p (0..1) to the axis position log10(1/(1-p)).
 fn x_of(q: f64) -> f64 {
     (1.0 / (1.0 - q)).log10()
@@ -127,6 +154,26 @@ pub fn save_svg(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::track::new_histogram;
+
+    #[test]
+    fn a_curve_read_back_from_an_hgrm_file_matches_the_histogram_curve() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 100).expect("record");
+        }
+        let mut hgrm = Vec::new();
+        crate::report::write_hgrm(&mut hgrm, &h).expect("hgrm");
+        let read = Curve::from_hgrm("r", &String::from_utf8(hgrm).expect("utf8")).expect("parse");
+        let direct = Curve::new("d", &h);
+        assert!(read.points.len() >= 10);
+        for ((xa, ya), (xb, yb)) in read.points.iter().zip(&direct.points) {
+            assert!(
+                (xa - xb).abs() < 1e-3 && (ya - yb).abs() < 1e-2,
+                "{xa},{ya} vs {xb},{yb}"
+            );
+        }
+        assert!(Curve::from_hgrm("x", "not a histogram").is_err());
+    }
 
     #[test]
     fn labels_are_nines() {
