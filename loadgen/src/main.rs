@@ -225,30 +225,6 @@ fn numbered(p: &Path, n: usize) -> PathBuf {
     p.with_file_name(name)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbered_paths() {
-        assert_eq!(
-            numbered(Path::new("/t/a.hgrm"), 2),
-            PathBuf::from("/t/a-2.hgrm")
-        );
-        assert_eq!(numbered(Path::new("a"), 1), PathBuf::from("a-1"));
-    }
-
-    #[test]
-    fn find_max_rejects_rate_lists() {
-        let cli = Cli::parse_from(["loadgen", "--find-max", "--rate", "10,20"]);
-        assert!(validate(&cli).is_err());
-        let cli = Cli::parse_from(["loadgen", "--find-max", "--rate", "max"]);
-        assert!(validate(&cli).is_err());
-        let cli = Cli::parse_from(["loadgen", "--find-max"]);
-        assert!(validate(&cli).is_ok());
-    }
-}
-
 /// `--plot-from`: one SVG from existing .hgrm files.
 fn plot_from_files(cli: &Cli) -> anyhow::Result<()> {
     let mut curves = Vec::new();
@@ -279,4 +255,28 @@ fn plot_from_files(cli: &Cli) -> anyhow::Result<()> {
     )?;
     println!("plot: {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_paths() {
+        assert_eq!(
+            numbered(Path::new("/t/a.hgrm"), 2),
+            PathBuf::from("/t/a-2.hgrm")
+        );
+        assert_eq!(numbered(Path::new("a"), 1), PathBuf::from("a-1"));
+    }
+
+    #[test]
+    fn find_max_rejects_rate_lists() {
+        let cli = Cli::parse_from(["loadgen", "--find-max", "--rate", "10,20"]);
+        assert!(validate(&cli).is_err());
+        let cli = Cli::parse_from(["loadgen", "--find-max", "--rate", "max"]);
+        assert!(validate(&cli).is_err());
+        let cli = Cli::parse_from(["loadgen", "--find-max"]);
+        assert!(validate(&cli).is_ok());
+    }
 }
