@@ -6,7 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A model artifact (ONNX graph, vocabulary, preprocessing config) could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The cause is the error's source, printed by the caller's chain (`{:#}`), not repeated here.
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -19,10 +20,10 @@ pub enum Error {
     #[error("model error: {0}")]
     Model(String),
     /// Kafka client or broker error.
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// Invalid configuration given by the user.
-    #[error("configuration: {0}")]
+    /// Invalid configuration or environment (unreachable broker, missing topic, bad flag).
+    #[error("{0}")]
     Config(String),
 }
 
