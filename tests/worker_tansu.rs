@@ -6,7 +6,7 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use support::{assert_partition_order, tweets, World, PARTITIONS};
+use support::{assert_partition_order, on_every_partition, tweets, World, PARTITIONS};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -78,19 +78,11 @@ fn clean_run_predicts_every_tweet_in_partition_order_and_commits_to_the_end() {
     }
 
     // Committed offsets reach the end of every partition (200 records each).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let c = w.committed();
-        if (0..PARTITIONS).all(|p| c.get(&p) == Some(&200)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "committed {c:?}, want 200 each\n{}",
-            worker.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    w.wait_for_commits(
+        &on_every_partition(200),
+        Duration::from_secs(20),
+        &worker.log_text(),
+    );
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
@@ -132,6 +124,19 @@ fn produce_slowly(w: &World, n: usize) -> std::thread::JoinHandle<()> {
             std::thread::sleep(Duration::from_millis(40));
         }
     })
+}
+
+/// Asserts that each of the `n` inputs (see [`all_inputs`]) has a prediction in `outs`.
+fn assert_every_input_predicted(n: usize, outs: &[support::Out], logs: &str) {
+    let missing: Vec<_> = all_inputs(n)
+        .difference(&predicted(outs))
+        .copied()
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "inputs without a prediction: {missing:?}\n{logs}"
+    );
 }
 
 fn all_inputs(n: usize) -> HashSet<(i32, i64)> {
@@ -177,25 +182,12 @@ fn sigkill_mid_stream_then_restart_loses_nothing_and_never_committed_past_an_und
     std::thread::sleep(Duration::from_secs(7).saturating_sub(killed_at.elapsed()));
     let mut restarted = w.start_worker(&[]);
     let outs = w.read_until(&w.output, WAIT, |o| all_inputs(n).is_subset(&predicted(o)));
-    let missing: Vec<_> = all_inputs(n)
-        .difference(&predicted(&outs))
-        .copied()
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "inputs without a prediction: {missing:?}\n{}",
-        restarted.log_text()
+    assert_every_input_predicted(n, &outs, &restarted.log_text());
+    w.wait_for_commits(
+        &on_every_partition(1000),
+        Duration::from_secs(20),
+        &restarted.log_text(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while (0..PARTITIONS).any(|p| w.committed().get(&p) != Some(&1000)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "committed {:?}",
-            w.committed()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     assert_eq!(restarted.terminate(Duration::from_secs(30)), Some(0));
 }
 
@@ -266,15 +258,7 @@ fn poison_records_go_to_the_dlq_with_reasons_and_good_ones_are_all_predicted() {
     let ends: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| (p, records.iter().filter(|r| r.0 == p).count() as i64))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while w.committed() != ends {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "committed {:?}, want {ends:?}",
-            w.committed()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    w.wait_for_commits(&ends, Duration::from_secs(20), &worker.log_text());
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
 }
 
@@ -289,32 +273,19 @@ fn a_second_worker_joining_mid_stream_loses_nothing() {
     feeder.join().expect("feeder");
 
     let outs = w.read_until(&w.output, WAIT, |o| all_inputs(n).is_subset(&predicted(o)));
-    let missing: Vec<_> = all_inputs(n)
-        .difference(&predicted(&outs))
-        .copied()
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "lost {missing:?}\nfirst:\n{}\nsecond:\n{}",
+    let logs = format!(
+        "first:\n{}\nsecond:\n{}",
         first.log_text(),
         second.log_text()
     );
+    assert_every_input_predicted(n, &outs, &logs);
     assert_partition_order(&outs);
     assert!(
         second.log_text().contains("partition assigned"),
         "the second worker never got a partition:\n{}",
         second.log_text()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while (0..PARTITIONS).any(|p| w.committed().get(&p) != Some(&1000)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "committed {:?}",
-            w.committed()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    w.wait_for_commits(&on_every_partition(1000), Duration::from_secs(30), &logs);
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
 }
@@ -359,4 +330,57 @@ fn sigterm_drains_everything_consumed_and_commits_it() {
         line.contains(&format!("predicted={}", done.len())),
         "{line}"
     );
+}
+
+#[test]
+fn startup_problems_are_one_clear_line_and_exit_code_1() {
+    let w = World::new();
+    let run = |args: &[&str]| {
+        let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("model");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+            .arg("run")
+            .arg("--model-dir")
+            .arg(model)
+            .args(["--metrics-addr", "off", "--startup-timeout-ms", "3000"])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run worker");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let (dlq, bootstrap) = (w.dlq.clone(), w.bootstrap());
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["--brokers", &bootstrap, "--input-topic", "no-such-topic"],
+            "input topic 'no-such-topic' does not exist",
+        ),
+        (
+            vec![
+                "--brokers",
+                &bootstrap,
+                "--input-topic",
+                &w.input,
+                "--output-topic",
+                &w.output,
+                "--dlq-topic",
+                "nope",
+            ],
+            "dead-letter topic 'nope' does not exist",
+        ),
+        (
+            vec!["--brokers", "127.0.0.1:1", "--dlq-topic", &dlq],
+            "cannot reach Kafka at 127.0.0.1:1",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line expected, got:\n{err}"
+        );
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }

@@ -202,6 +202,30 @@ impl World {
     }
 }
 
+impl World {
+    /// Waits (up to `timeout`) until the group's committed offsets are exactly `want`; panics
+    /// with what was committed and `context` otherwise.
+    pub fn wait_for_commits(&self, want: &BTreeMap<i32, i64>, timeout: Duration, context: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.committed();
+            if &got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "committed {got:?}, want {want:?}\n{context}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `offset` committed on every partition.
+pub fn on_every_partition(offset: i64) -> BTreeMap<i32, i64> {
+    (0..PARTITIONS).map(|p| (p, offset)).collect()
+}
+
 /// A record read back from an output topic.
 #[derive(Debug, Clone)]
 pub struct Out {
