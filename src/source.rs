@@ -131,9 +131,13 @@ impl SourceContext {
             let handle = std::thread::Builder::new()
                 .name(format!("partition-{partition}"))
                 .spawn(move || {
+                    // simd-json parses in place: one scratch buffer per thread, reused.
+                    let mut scratch = Vec::with_capacity(1024);
                     while !s.load(Ordering::Relaxed) {
                         let stopped = match queue.poll(Duration::from_millis(100)) {
-                            Some(Ok(msg)) => handle_message(&shared, &t, &tx, &msg, &s).is_err(),
+                            Some(Ok(msg)) => {
+                                handle_message(&shared, &t, &tx, &msg, &s, &mut scratch).is_err()
+                            }
                             Some(Err(e)) => {
                                 tracing::warn!(partition = t.partition, "consume error: {e}");
                                 false
@@ -219,7 +223,8 @@ impl SourceContext {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match (tracker, tx) {
             (Some(t), Some(tx)) => {
-                let _ = handle_message(&self.shared, &t, &tx, msg, &AtomicBool::new(false));
+                let no_stop = AtomicBool::new(false);
+                let _ = handle_message(&self.shared, &t, &tx, msg, &no_stop, &mut Vec::new());
             }
             // Not ours (or shutting down): not tracked, so never committed; it will be re-read.
             _ => tracing::warn!(
@@ -281,6 +286,7 @@ fn handle_message(
     tx: &Sender<Item>,
     msg: &BorrowedMessage<'_>,
     stop: &AtomicBool,
+    scratch: &mut Vec<u8>,
 ) -> Result<(), ()> {
     let offset = msg.offset();
     if !tracker.track(offset) {
@@ -308,8 +314,9 @@ fn handle_message(
             limit: shared.max_text_bytes,
         }),
         Some(p) => {
-            let mut scratch = p.to_vec();
-            decode_value(&mut scratch).map(|text| shared.tokenizer.encode(&text))
+            scratch.clear();
+            scratch.extend_from_slice(p);
+            decode_value(scratch).map(|text| shared.tokenizer.encode(&text))
         }
     };
     let ids = match decoded {
