@@ -162,19 +162,9 @@ impl Sink {
     pub fn predict(&self, origin: Origin, score: f32) {
         let mut payload = Vec::with_capacity(24);
         encode_score(score, &mut payload);
-        let partition = origin.tracker.partition;
-        self.produce(Box::new(Delivery {
-            headers: self.source_headers(partition, origin.offset),
-            partition: self.cfg.same_partition.then_some(partition),
-            offset: origin.offset,
-            kind: Kind::Prediction,
-            key: origin.key,
-            payload: payload.into(),
-            timestamp: origin.timestamp,
-            produced_at: Instant::now(),
-            attempts: 0,
-            tracker: origin.tracker,
-        }));
+        let headers = self.source_headers(origin.tracker.partition, origin.offset);
+        let partition = self.cfg.same_partition.then_some(origin.tracker.partition);
+        self.produce_output(origin, Kind::Prediction, partition, payload.into(), headers);
     }
 
     /// Produces a dead letter: the original key and value, with headers naming the reason and
@@ -192,13 +182,27 @@ impl Sink {
                 key: "dlq-error",
                 value: Some(reason.as_bytes()),
             });
+        let value = origin.value.clone();
+        self.produce_output(origin, Kind::DeadLetter, None, value, headers);
+    }
+
+    /// The output for the record from `origin`: its key and timestamp, acknowledged into its
+    /// partition's tracker.
+    fn produce_output(
+        &self,
+        origin: Origin,
+        kind: Kind,
+        partition: Option<i32>,
+        payload: Arc<[u8]>,
+        headers: OwnedHeaders,
+    ) {
         self.produce(Box::new(Delivery {
             tracker: origin.tracker,
-            offset,
-            kind: Kind::DeadLetter,
-            partition: None,
+            offset: origin.offset,
+            kind,
+            partition,
             key: origin.key,
-            payload: origin.value,
+            payload,
             headers,
             timestamp: origin.timestamp,
             produced_at: Instant::now(),
@@ -252,10 +256,6 @@ impl Sink {
     /// Waits up to `timeout` for every queued record to be delivered (or to fail).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         Ok(self.producer.flush(timeout)?)
-    }
-
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
     }
 }
 
