@@ -7,6 +7,7 @@ use std::io::{BufRead, Write};
 use crate::error::{Error, Result};
 use crate::json::{decode_value, encode_score};
 use crate::model::{Classifier, Session};
+use crate::preprocess::Tokenizer;
 
 /// How input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,7 @@ pub fn score_stream(
             .map_err(|e| Error::io("<input>", e))?;
         if n > 0 {
             let text = strip_newline(&mut line);
-            pending.push(parse_line(text, format).map(|t| classifier.tokenizer().encode(&t)));
+            pending.push(tokenize_line(text, format, classifier.tokenizer()));
         }
         if pending.len() == batch_size || (n == 0 && !pending.is_empty()) {
             let done = pending.len() as u64;
@@ -79,16 +80,23 @@ fn strip_newline(line: &mut Vec<u8>) -> &mut [u8] {
     line.as_mut_slice()
 }
 
-fn parse_line(line: &mut [u8], format: InputFormat) -> Result<String, String> {
+/// A line's token ids, or why it cannot be scored.
+fn tokenize_line(
+    line: &mut [u8],
+    format: InputFormat,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<i32>, String> {
     match format {
-        InputFormat::Text => std::str::from_utf8(line).map(str::to_owned).map_err(|e| {
-            format!(
-                "line is not UTF-8 (invalid byte at offset {})",
-                e.valid_up_to()
-            )
-        }),
+        InputFormat::Text => std::str::from_utf8(line)
+            .map(|text| tokenizer.encode(text))
+            .map_err(|e| {
+                format!(
+                    "line is not UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                )
+            }),
         InputFormat::JsonLines => decode_value(line)
-            .map(|v| v.into_owned())
+            .map(|text| tokenizer.encode(&text))
             .map_err(|e| e.to_string()),
     }
 }
