@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_infer::data::{default_tweets_csv, read_tweets};
-use kafka_infer::testkit::{create_topics, unique, Tansu};
+use kafka_infer::testkit::{create_topics, send_waiting, unique, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -112,11 +112,7 @@ fn preload(bootstrap: &str, topic: &str, tweets: &[String], n: usize) {
         let value = serde_json::to_vec(&serde_json::json!({ "value": tweets[i % tweets.len()] }))
             .expect("json");
         let key = i.to_string();
-        let mut rec = BaseRecord::to(topic).key(&key).payload(&value);
-        while let Err((_, back)) = p.send(rec) {
-            rec = back;
-            p.poll(Duration::from_millis(1));
-        }
+        send_waiting(&p, BaseRecord::to(topic).key(&key).payload(&value)).expect("produce");
     }
     p.flush(Duration::from_secs(120)).expect("flush preload");
 }

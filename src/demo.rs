@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, Stage};
 use crate::model::Classifier;
 use crate::shutdown::Shutdown;
+use crate::testkit::send_waiting;
 use crate::worker::{self, WorkerConfig};
 
 const INPUT: &str = "incoming_tweet";
@@ -60,16 +61,7 @@ pub fn run(
     for (i, text) in tweets.iter().enumerate() {
         let payload = serde_json::json!({ "value": text }).to_string();
         let key = i.to_string();
-        let mut rec = BaseRecord::to(INPUT).key(&key).payload(&payload);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_waiting(&producer, BaseRecord::to(INPUT).key(&key).payload(&payload))?;
     }
     producer.flush(Duration::from_secs(30))?;
 

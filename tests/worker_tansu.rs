@@ -111,14 +111,11 @@ fn produce_slowly(w: &World, n: usize) -> std::thread::JoinHandle<()> {
             .expect("producer");
         for chunk in records.chunks(100) {
             for (part, key, value) in chunk {
-                let mut rec = BaseRecord::to(&input)
+                let rec = BaseRecord::to(&input)
                     .partition(*part)
                     .key(key)
                     .payload(value);
-                while let Err((_, back)) = p.send(rec) {
-                    rec = back;
-                    p.poll(Duration::from_millis(5));
-                }
+                kafka_infer::testkit::send_waiting(&p, rec).expect("produce input");
             }
             p.flush(Duration::from_secs(10)).expect("flush");
             std::thread::sleep(Duration::from_millis(40));

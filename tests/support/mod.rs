@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_infer::testkit::{create_topics, unique, Tansu};
+use kafka_infer::testkit::{create_topics, send_waiting, unique, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -109,19 +109,11 @@ impl World {
             .create()
             .expect("producer");
         for (partition, key, value) in records {
-            let mut rec = BaseRecord::to(&self.input)
+            let rec = BaseRecord::to(&self.input)
                 .partition(*partition)
                 .key(key)
                 .payload(value);
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        p.poll(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_waiting(&p, rec).expect("produce input");
         }
         p.flush(Duration::from_secs(30)).expect("flush input");
     }
