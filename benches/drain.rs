@@ -52,6 +52,7 @@ fn main() {
         let output = unique("drain-out");
         let dlq = unique("drain-dlq");
         create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]).expect("create outputs");
+        let reader = reader(&bootstrap, &output);
         let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
         let mut worker = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
             .arg("run")
@@ -77,7 +78,7 @@ fn main() {
             .stdin(Stdio::null())
             .spawn()
             .expect("start worker");
-        let (first, last, got) = drain(&bootstrap, &output, n);
+        let (first, last, got) = drain(&reader, n);
         let rss_kb = peak_rss_kb(worker.id());
         let _ = Command::new("kill")
             .args(["-TERM", &worker.id().to_string()])
@@ -117,9 +118,10 @@ fn preload(bootstrap: &str, topic: &str, tweets: &[String], n: usize) {
     p.flush(Duration::from_secs(120)).expect("flush preload");
 }
 
-/// Reads the output topic until `n` predictions arrived (or 20 minutes passed); returns the
-/// arrival times of the first and last and the count.
-fn drain(bootstrap: &str, topic: &str, n: usize) -> (Instant, Instant, usize) {
+/// A reader of the (still empty) output topic, connected and fetching *before* the worker
+/// starts: a reader that connects late would see the first predictions late and shorten the
+/// measured first→last time.
+fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("drain-reader"))
@@ -133,6 +135,23 @@ fn drain(bootstrap: &str, topic: &str, n: usize) -> (Instant, Instant, usize) {
             .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
+    for p in 0..PARTITIONS {
+        c.fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("reader connects");
+    }
+    let warm = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < warm {
+        assert!(
+            c.poll(Duration::from_millis(50)).is_none(),
+            "output topic not empty"
+        );
+    }
+    c
+}
+
+/// Reads the output topic until `n` predictions arrived (or 20 minutes passed); returns the
+/// arrival times of the first and last and the count.
+fn drain(c: &BaseConsumer, n: usize) -> (Instant, Instant, usize) {
     let deadline = Instant::now() + Duration::from_secs(1200);
     let (mut first, mut last, mut got) = (None, Instant::now(), 0usize);
     while got < n && Instant::now() < deadline {
