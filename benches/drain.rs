@@ -12,7 +12,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::data::test_tweets;
 use kafka_infer::testkit::{create_topics, send_waiting, unique, Tansu};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,7 +32,7 @@ fn main() {
     let input = unique("drain-in");
     create_topics(&bootstrap, &[(&input, PARTITIONS)]).expect("create input");
 
-    let tweets = read_tweets(&default_tweets_csv()).expect("test.csv");
+    let tweets = test_tweets();
     let t0 = Instant::now();
     preload(&bootstrap, &input, &tweets, n);
     let preload_s = t0.elapsed().as_secs_f64();

@@ -3,14 +3,13 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kafka_infer::batch::{pad_to, pad_to_longest};
-use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::data::test_tweets;
 use kafka_infer::Classifier;
 
 fn bench(c: &mut Criterion) {
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
     let clf = Classifier::load(&model).expect("model");
-    let ids: Vec<Vec<i32>> = read_tweets(&default_tweets_csv())
-        .expect("test.csv")
+    let ids: Vec<Vec<i32>> = test_tweets()
         .iter()
         .map(|t| clf.tokenizer().encode(t))
         .collect();

@@ -1,12 +1,11 @@
 //! Decoding {"value": "<tweet>"} payloads: simd-json (what the worker uses) vs serde_json.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::data::test_tweets;
 use kafka_infer::json::{decode_value, decode_value_serde_json};
 
 fn bench(c: &mut Criterion) {
-    let payloads: Vec<Vec<u8>> = read_tweets(&default_tweets_csv())
-        .expect("test.csv")
+    let payloads: Vec<Vec<u8>> = test_tweets()
         .into_iter()
         .map(|t| serde_json::to_vec(&serde_json::json!({ "value": t })).expect("json"))
         .collect();

@@ -1,7 +1,7 @@
 """Train the disaster-tweet CNN, export it to ONNX and write the golden vectors.
 
 Usage (from the repository root; `just train` does this in a venv):
-    python model/train.py [--data ../shared/data/disaster-tweets/train.csv] [--out model]
+    python model/train.py [--data data/disaster-tweets/train.csv] [--out model]
 
 Rewrites, in --out: model.onnx, vocab.txt, preprocess.json, golden.jsonl, metrics.json.
 Reads only train.csv; downloads nothing.
@@ -187,7 +187,7 @@ def export_onnx(model, path: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/disaster-tweets/train.csv")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "data/disaster-tweets/train.csv")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     ap.add_argument("--golden", type=int, default=600, help="validation tweets in golden.jsonl")
     ap.add_argument("--hp", type=json.loads, default={}, help='JSON overrides of HP, e.g. \'{"filters": 64}\'')

@@ -225,8 +225,8 @@ impl RunArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Tweets to feed: a CSV with a "text" column or a JSON-lines file [default:
-    /// ../shared/data/disaster-tweets/test.csv].
+    /// Tweets to feed: a CSV with a "text" column or a JSON-lines file [default: the 3,263
+    /// tweets of data/disaster-tweets/test.csv, compiled in].
     #[arg(long, short)]
     pub input: Option<PathBuf>,
     /// Feed at most this many tweets (0 = all).

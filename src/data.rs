@@ -1,17 +1,28 @@
-//! Reading tweets from the Kaggle CSV files (or JSON lines) for demos, benchmarks and load tests.
+//! Tweets for demos, benchmarks and load tests: the 3,263 tweets of `data/disaster-tweets/test.csv`
+//! compiled into the binary (so `kafka-infer demo` and `loadgen` work from any directory), or any
+//! CSV / JSON-lines file a user points at.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// `../shared/data/disaster-tweets/test.csv` relative to the repository: 3,263 real tweets,
-/// realistic load. Resolved against the current directory first, then the source tree.
-pub fn default_tweets_csv() -> PathBuf {
-    let rel = Path::new("../shared/data/disaster-tweets/test.csv");
-    if rel.exists() {
-        return rel.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+/// `data/disaster-tweets/test.csv`, as shipped in the repository (see `data/README.md`).
+const TEST_CSV: &str = include_str!("../data/disaster-tweets/test.csv");
+
+/// The shipped test tweets (unlabelled, realistic traffic), in file order.
+pub fn test_tweets() -> Vec<String> {
+    // The file is part of the build and its parse is covered by a test below.
+    parse_csv(TEST_CSV.as_bytes(), Path::new("data/disaster-tweets/test.csv"))
+        .unwrap_or_else(|e| unreachable!("the compiled-in test.csv parses: {e}"))
+}
+
+/// Path of a file under the repository's `data/disaster-tweets/` (for tools run from a checkout,
+/// such as the training script's default; the worker itself never needs it).
+pub fn repo_data_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/disaster-tweets")
+        .join(name)
 }
 
 /// Reads the `text` column of a CSV file with a header (commas, quotes and newlines inside
@@ -21,9 +32,14 @@ pub fn read_tweets(path: &Path) -> Result<Vec<String>> {
         path.extension().and_then(|e| e.to_str()),
         Some("jsonl" | "json")
     );
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(|e| Error::io(path, e))?;
     if is_json {
-        let raw = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        return raw
+        let text = String::from_utf8(raw)
+            .map_err(|e| Error::Config(format!("{}: not UTF-8: {e}", path.display())))?;
+        return text
             .lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
@@ -35,8 +51,12 @@ pub fn read_tweets(path: &Path) -> Result<Vec<String>> {
             })
             .collect();
     }
+    parse_csv(&raw[..], path)
+}
+
+fn parse_csv(raw: &[u8], path: &Path) -> Result<Vec<String>> {
     let bad = |e: csv::Error| Error::Config(format!("{}: {e}", path.display()));
-    let mut rdr = csv::Reader::from_path(path).map_err(bad)?;
+    let mut rdr = csv::Reader::from_reader(raw);
     let col = rdr
         .headers()
         .map_err(bad)?
@@ -52,4 +72,22 @@ pub fn read_tweets(path: &Path) -> Result<Vec<String>> {
         return Err(Error::Config(format!("{}: no tweets", path.display())));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_in_test_set_has_every_tweet() {
+        let t = test_tweets();
+        assert_eq!(t.len(), 3263);
+        assert!(t.iter().all(|s| !s.is_empty()));
+    }
+
+    #[test]
+    fn the_compiled_in_copy_is_the_repository_file() {
+        let from_file = read_tweets(&repo_data_file("test.csv")).expect("test.csv");
+        assert_eq!(from_file, test_tweets());
+    }
 }

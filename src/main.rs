@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use kafka_infer::config::{Cli, Command, DemoArgs, Format, PipelineArgs, RunArgs, ScoreArgs};
-use kafka_infer::data::{default_tweets_csv, read_tweets};
+use kafka_infer::data::{read_tweets, test_tweets};
 use kafka_infer::metrics::Metrics;
 use kafka_infer::score::{score_stream, InputFormat};
 use kafka_infer::shutdown::Shutdown;
@@ -88,9 +88,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let classifier = load(&args.model.model_dir, Some(&args.pipeline))?;
-    let path = args.input.clone().unwrap_or_else(default_tweets_csv);
-    let mut tweets =
-        read_tweets(&path).with_context(|| format!("reading tweets from {}", path.display()))?;
+    let mut tweets = match &args.input {
+        Some(path) => {
+            read_tweets(path).with_context(|| format!("reading tweets from {}", path.display()))?
+        }
+        None => test_tweets(),
+    };
     if args.limit > 0 {
         tweets.truncate(args.limit);
     }

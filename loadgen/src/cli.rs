@@ -59,8 +59,8 @@ pub struct Cli {
     pub output_topic: String,
 
     /// Tweets to send, cycled: a CSV file with a `text` column, or a JSON-lines file
-    /// (.jsonl/.json) of {"value": "<tweet>"}. Default: the 3,263 tweets of
-    /// ../shared/data/disaster-tweets/test.csv.
+    /// (.jsonl/.json) of {"value": "<tweet>"}. Default: the 3,263 tweets of the repository's
+    /// data/disaster-tweets/test.csv, compiled in.
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 

@@ -48,15 +48,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     validate(&cli)?;
     let run_id = cli.run_id.clone().unwrap_or_else(default_run_id);
-    let input = cli
-        .input
-        .clone()
-        .unwrap_or_else(kafka_infer::data::default_tweets_csv);
-    let tweets = kafka_infer::data::read_tweets(&input)
-        .with_context(|| format!("reading tweets from {}", input.display()))?;
-    if tweets.is_empty() {
-        bail!("{}: no tweets", input.display());
-    }
+    let tweets = match &cli.input {
+        Some(input) => kafka_infer::data::read_tweets(input)
+            .with_context(|| format!("reading tweets from {}", input.display()))?,
+        None => kafka_infer::data::test_tweets(),
+    };
 
     let conn = Connection {
         brokers: cli.brokers.clone(),

@@ -297,8 +297,7 @@ impl Drop for Worker {
 /// `n` tweets from test.csv as (partition, key, {"value": text}) records spread over the
 /// partitions; key = "<partition>-<sequence within partition>".
 pub fn tweets(n: usize, first_seq: usize) -> Vec<(i32, String, Vec<u8>)> {
-    let texts =
-        kafka_infer::data::read_tweets(&kafka_infer::data::default_tweets_csv()).expect("test.csv");
+    let texts = kafka_infer::data::test_tweets();
     (first_seq..first_seq + n)
         .map(|i| {
             let p = (i % PARTITIONS as usize) as i32;
