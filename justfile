@@ -38,14 +38,30 @@ up:
 down:
     docker compose down -v
 
-# The same stack without Docker: a local tansu broker, topics, and the worker in the background
+# The same stack without Docker: Apache Kafka from its jars (scripts/kafka), topics, the worker in the background
 up-local *ARGS:
     scripts/up-local {{ARGS}}
 
-# Stop exactly what up-local started
-down-local:
-    scripts/down-local
+# Stop exactly what up-local started (`just down-local --keep-data` keeps the broker's data)
+down-local *ARGS:
+    scripts/down-local {{ARGS}}
 
-# Open-loop load against whichever stack is up, e.g. `just loadgen 2000 30s` (extra flags pass through)
+# Apache Kafka on loopback without Docker: `just kafka start`, `just kafka --help`
+kafka *ARGS:
+    scripts/kafka {{ARGS}}
+
+# Open-loop load, e.g. `just loadgen 2000 30s`; talks to the stack up-local started (its stack.env), else $KAFKA_BROKERS or localhost:9092
 loadgen RATE="1000" DURATION="30s" *ARGS:
-    cargo run --release -q -p loadgen -- --rate {{RATE}} --duration {{DURATION}} {{ARGS}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # up-local writes the broker address of the stack that is up into stack.env; an explicit
+    # KAFKA_BROKERS in the environment or --brokers in ARGS still wins.
+    stack_env="${KAFKA_INFER_STACK_DIR:-target/stack}/stack.env"
+    if [[ -z "${KAFKA_BROKERS:-}" && " {{ARGS}} " != *" --brokers"* && -f "$stack_env" ]]; then
+        set -a
+        # shellcheck disable=SC1090
+        source "$stack_env"
+        set +a
+        echo "loadgen: using the up-local stack at $KAFKA_BROKERS (from $stack_env)" >&2
+    fi
+    exec cargo run --release -q -p loadgen -- --rate {{RATE}} --duration {{DURATION}} {{ARGS}}
