@@ -10,11 +10,12 @@
 # - the builder's commands (cargo build --release --locked -p kafka-infer, then objcopy) were run
 #   locally (rustc 1.95, Debian 12 gcc/make) from scratch in a copy of the build context that
 #   .dockerignore leaves (no target/, no .git): clean build OK, binary runs;
-# - rdkafka-sys (default features: zlib only, no SSL/SASL/zstd) runs librdkafka's ./configure and
-#   `make libs`, which need bash, gcc/g++, make, pkg-config (finds zlib), zlib1g-dev and python3
-#   (librdkafka's lds-gen.py writes the linker script); all installed below;
-# - `ldd target/release/kafka-infer` shows only libc, libm, libgcc_s and libz, so the runtime
-#   stage needs no packages beyond those (present in bookworm-slim; installed explicitly anyway);
+# - rdkafka-sys (features ssl + zstd: TLS, SASL PLAIN/SCRAM, every compression codec) runs
+#   librdkafka's ./configure and `make libs`, which need bash, gcc/g++, make, pkg-config (finds
+#   zlib and OpenSSL), zlib1g-dev, libssl-dev and python3 (librdkafka's lds-gen.py writes the
+#   linker script); zstd is compiled from source by zstd-sys; all installed below;
+# - `ldd target/release/kafka-infer` shows libc, libm, libgcc_s, libz, libssl and libcrypto, so
+#   the runtime stage needs zlib1g and libssl3 (installed explicitly);
 # - syntax: hadolint and BuildKit's Dockerfile parser.
 
 FROM rust:1.95-bookworm AS builder
@@ -22,7 +23,7 @@ FROM rust:1.95-bookworm AS builder
 # Debian package versions are not pinned: the bookworm suite only moves for security fixes.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ make pkg-config python3 zlib1g-dev \
+ && apt-get install -y --no-install-recommends g++ make pkg-config python3 zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -45,18 +46,17 @@ FROM debian:bookworm-slim AS runtime
 
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgcc-s1 zlib1g \
+ && apt-get install -y --no-install-recommends libgcc-s1 zlib1g libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 kafka-infer \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kafka-infer
 
+# The model is compiled into the binary (override with KAFKA_INFER_MODEL_DIR and a volume).
 COPY --from=builder /out/kafka-infer /usr/local/bin/kafka-infer
-COPY model/ /app/model/
 
 WORKDIR /app
-ENV KAFKA_INFER_MODEL_DIR=/app/model \
-    KAFKA_INFER_METRICS_ADDR=0.0.0.0:9898
+ENV KAFKA_INFER_METRICS_ADDR=0.0.0.0:9898
 
 # Fail the image build if a shared library is missing or the CLI does not start.
 RUN kafka-infer --version && kafka-infer run --help >/dev/null

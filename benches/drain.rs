@@ -1,19 +1,23 @@
-//! Drain benchmark on a local tansu broker: preload N tweets (test.csv, cycled) into a
-//! 3-partition input topic, start the worker, time its first to last prediction. Runs the real
-//! model and the pass-through mode (`--benchmark-passthrough`: no inference, constant score)
-//! against the same preloaded topic in one run, and reports tweets/s and the worker's peak RSS.
+//! Drain benchmark on a local Apache Kafka (started by `scripts/kafka`): preload N tweets
+//! (test.csv, cycled) into a 3-partition input topic, start the worker, time its first to last
+//! prediction. Runs the real model and the pass-through mode (`--benchmark-passthrough`: no
+//! inference, constant score) against the same preloaded topic in one run, and reports
+//! tweets/s, the worker's **CPU per tweet** (its own user + system time from /proc, divided by
+//! the tweets) and its peak RSS.
 //!
 //!     cargo bench --bench drain                      # 1,000,000 tweets
 //!     DRAIN_TWEETS=200000 cargo bench --bench drain  # quicker
 //!
-//! Needs tansu (see README). The reader of the output topic shares the machine with the worker,
-//! as a real consumer would.
+//! The reader of the output topic shares the machine with the worker, as a real consumer would.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_infer::data::test_tweets;
-use kafka_infer::testkit::{create_topics, send_waiting, unique, Tansu};
+
+#[path = "../tests/support/kafka.rs"]
+mod kafka;
+use kafka::{create_topics, send_waiting, unique, Kafka};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -27,10 +31,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let broker = Tansu::start().expect("start tansu (see README: cargo install tansu ...)");
-    let bootstrap = broker.bootstrap();
+    let broker = Kafka::start(1);
+    let bootstrap = broker.bootstrap.clone();
     let input = unique("drain-in");
-    create_topics(&bootstrap, &[(&input, PARTITIONS)]).expect("create input");
+    create_topics(&bootstrap, &[(&input, PARTITIONS)]);
 
     let tweets = test_tweets();
     let t0 = Instant::now();
@@ -51,9 +55,8 @@ fn main() {
     ] {
         let output = unique("drain-out");
         let dlq = unique("drain-dlq");
-        create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]).expect("create outputs");
+        create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]);
         let reader = reader(&bootstrap, &output);
-        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
         let mut worker = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
             .arg("run")
             .args(["--brokers", &bootstrap, "--group-id", &unique("drain")])
@@ -65,14 +68,7 @@ fn main() {
                 "--dlq-topic",
                 &dlq,
             ])
-            .arg("--model-dir")
-            .arg(&model)
-            .args([
-                "--metrics-addr",
-                "off",
-                "-X",
-                "consumer.fetch.wait.max.ms=5",
-            ])
+            .args(["--metrics-addr", "off"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -80,23 +76,35 @@ fn main() {
             .expect("start worker");
         let (first, last, got) = drain(&reader, n);
         let rss_kb = peak_rss_kb(worker.id());
+        let cpu = cpu_seconds(worker.id());
+        let threads = thread_cpu(worker.id());
         let _ = Command::new("kill")
             .args(["-TERM", &worker.id().to_string()])
             .status();
         let _ = worker.wait();
         let secs = (last - first).as_secs_f64();
         let rate = (got.saturating_sub(1)) as f64 / secs.max(1e-9);
-        println!("{label}: {got} predictions, first→last {secs:.2} s, {rate:.0} tweets/s, peak RSS {:.0} MiB", rss_kb as f64 / 1024.0);
-        rows.push((label, got, secs, rate, rss_kb));
-    }
-    println!("\n| mode | predictions | first→last (s) | tweets/s | worker peak RSS (MiB) |\n|---|---:|---:|---:|---:|");
-    for (label, got, secs, rate, rss) in &rows {
+        let us_per_tweet = cpu * 1e6 / got.max(1) as f64;
+        println!("{label}: {got} predictions, first→last {secs:.2} s, {rate:.0} tweets/s, CPU {us_per_tweet:.2} µs/tweet ({cpu:.2} s), peak RSS {:.0} MiB", rss_kb as f64 / 1024.0);
         println!(
-            "| {label} | {got} | {secs:.2} | {rate:.0} | {:.0} |",
+            "  busiest threads (CPU s): {}",
+            threads
+                .iter()
+                .take(6)
+                .map(|(n, s)| format!("{n} {s:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        rows.push((label, got, secs, rate, us_per_tweet, rss_kb));
+    }
+    println!("\n| mode | predictions | first→last (s) | tweets/s | CPU µs/tweet | worker peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|");
+    for (label, got, secs, rate, us, rss) in &rows {
+        println!(
+            "| {label} | {got} | {secs:.2} | {rate:.0} | {us:.2} | {:.0} |",
             *rss as f64 / 1024.0
         );
     }
-    if let [(_, _, _, real, _), (_, _, _, pass, _)] = rows.as_slice() {
+    if let [(_, _, _, real, _, _), (_, _, _, pass, _, _)] = rows.as_slice() {
         println!("\nreal model / pass-through throughput: {:.2}", real / pass);
     }
 }
@@ -126,7 +134,6 @@ fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("drain-reader"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
         .create()
         .expect("reader");
     let mut tpl = TopicPartitionList::new();
@@ -163,6 +170,41 @@ fn drain(c: &BaseConsumer, n: usize) -> (Instant, Instant, usize) {
         }
     }
     (first.unwrap_or(last), last, got)
+}
+
+/// Clock ticks per second for /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// User + system CPU seconds of a process (or thread) from a `stat` file.
+fn stat_cpu(path: &str) -> Option<(String, f64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let (head, rest) = s.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 0; utime and stime are fields 11 and 12.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks / TICKS))
+}
+
+/// The worker's own CPU time (user + system, all threads), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu(&format!("/proc/{pid}/stat")).map_or(0.0, |(_, s)| s)
+}
+
+/// CPU seconds per thread name (threads of the same name summed), busiest first.
+fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some((name, s)) = stat_cpu(&format!("{}/stat", t.path().display())) {
+                *by_name.entry(name).or_default() += s;
+            }
+        }
+    }
+    let mut v: Vec<_> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }
 
 /// VmHWM (peak resident set) of a process, in KiB.

@@ -1,6 +1,7 @@
 //! Micro-batching: group tweets from the source channel into batches for one inference each.
 //!
-//! A batch closes when it holds `max_batch` tweets, when its padded size (`len × longest`)
+//! The batcher moves whole chunks (the records a partition thread read in one go), never single
+//! records. A batch closes when it holds `max_batch` records, when its padded size (`len × longest`)
 //! reaches the token budget, or `max_wait` after its *first* tweet arrived — whichever comes
 //! first. It also closes early when nothing more is queued and an inference thread is idle:
 //! waiting could only add latency then. So batches adapt to load: while every inference thread
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::metrics::{Metrics, Stage};
-use crate::source::Item;
+use crate::pipeline::{Batch, Chunk};
 
 /// When to close a batch.
 #[derive(Debug, Clone, Copy)]
@@ -71,57 +72,73 @@ pub fn decide(
     }
 }
 
-/// A closed batch on its way to inference. `seq` orders batches so the sink can restore the
-/// batcher's order after parallel inference (which keeps per-partition order intact).
-pub struct Batch {
-    pub seq: u64,
-    pub items: Vec<Item>,
+/// Whether a chunk of `records` records whose longest tweet has `longest` ids can join a batch
+/// that already holds `len` records with longest `batch_longest`, within the policy's size and
+/// padded-token budget. Checked *before* a chunk joins (as text-embeddings-inference checks its
+/// token budget before an entry joins a batch), so no batch exceeds the budget because of its
+/// last arrival. An empty batch takes any chunk.
+pub fn fits(
+    policy: &BatchPolicy,
+    len: usize,
+    batch_longest: usize,
+    records: usize,
+    longest: usize,
+) -> bool {
+    let n = len + records;
+    len == 0
+        || (n <= policy.max_batch && n * batch_longest.max(longest).max(1) <= policy.max_tokens)
 }
 
 /// Runs until the source channel is closed and drained; then flushes what is left and returns,
 /// which closes `out` and lets the inference threads finish. `idle_threads` counts inference
-/// threads waiting for a batch.
+/// threads waiting for a batch. The batcher moves whole chunks, never single records, so it
+/// stays cheap however many records flow through it.
 pub fn run(
-    rx: Receiver<Item>,
+    rx: Receiver<Chunk>,
     out: Sender<Batch>,
     policy: BatchPolicy,
     idle_threads: &AtomicUsize,
     metrics: &Metrics,
 ) {
-    let mut items: Vec<Item> = Vec::with_capacity(policy.max_batch);
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut len = 0usize;
     let mut longest = 0usize;
     let mut opened: Option<Instant> = None;
-    let mut seq = 0u64;
+    // A chunk that did not fit the open batch: it opens the next one.
+    let mut carry: Option<Chunk> = None;
     let mut closed = false;
     loop {
         let now = Instant::now();
         let pressure = Pressure {
-            queue_empty: rx.is_empty(),
+            queue_empty: rx.is_empty() && carry.is_none(),
             // A closed batch already waiting in `out` will take the next idle thread.
             inference_idle: out.is_empty() && idle_threads.load(Ordering::Acquire) > 0,
         };
-        let decision = if closed && !items.is_empty() {
+        let decision = if (closed || carry.is_some()) && !chunks.is_empty() {
             Decision::Flush
         } else {
-            decide(&policy, items.len(), longest, opened, pressure, now)
+            decide(&policy, len, longest, opened, pressure, now)
         };
         let received = match decision {
             Decision::Flush => {
                 if let Some(o) = opened {
                     metrics.record(Stage::BatchWait, now.saturating_duration_since(o));
                 }
-                metrics.record_batch_size(items.len());
+                metrics.record_batch_size(len);
                 let batch = Batch {
-                    seq,
-                    items: std::mem::replace(&mut items, Vec::with_capacity(policy.max_batch)),
+                    chunks: std::mem::take(&mut chunks),
+                    records: len,
+                    longest,
                 };
-                seq += 1;
-                longest = 0;
-                opened = None;
+                (len, longest, opened) = (0, 0, None);
                 // Bounded: blocks while every inference thread is busy and one batch is queued
                 // (prefetch-one), which backs up into the source channel and the partitions.
                 if out.send(batch).is_err() {
                     return;
+                }
+                if let Some(c) = carry.take() {
+                    (len, longest, opened) = (c.records.len(), c.longest, Some(now));
+                    chunks.push(c);
                 }
                 continue;
             }
@@ -130,15 +147,21 @@ pub fn run(
             Decision::WaitUntil(deadline) => rx.recv_deadline(deadline),
         };
         match received {
-            Ok(item) => {
+            Ok(chunk) => {
                 let now = Instant::now();
                 metrics.record(
                     Stage::ChannelWait,
-                    now.saturating_duration_since(item.consumed_at),
+                    now.saturating_duration_since(chunk.consumed_at),
                 );
+                let records = chunk.records.len();
+                if !fits(&policy, len, longest, records, chunk.longest) {
+                    carry = Some(chunk);
+                    continue;
+                }
                 opened.get_or_insert(now);
-                longest = longest.max(item.ids.len());
-                items.push(item);
+                len += records;
+                longest = longest.max(chunk.longest);
+                chunks.push(chunk);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => closed = true,
@@ -225,5 +248,14 @@ mod tests {
                 Decision::WaitUntil(t0 + P.max_wait)
             );
         }
+    }
+
+    #[test]
+    fn a_chunk_joins_only_if_the_batch_stays_within_size_and_token_budget() {
+        assert!(fits(&P, 0, 0, 9, 200), "an empty batch takes anything");
+        assert!(fits(&P, 2, 10, 2, 10));
+        assert!(!fits(&P, 3, 10, 2, 10), "5 records > max_batch 4");
+        assert!(!fits(&P, 1, 10, 1, 60), "2 × 60 padded tokens > 100");
+        assert!(fits(&P, 1, 10, 1, 50));
     }
 }

@@ -1,11 +1,13 @@
 //! Command-line interface (clap derive). Every flag can also be set from the environment.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::batcher::BatchPolicy;
+use crate::sink::Guarantee;
 use crate::worker::WorkerConfig;
 
 /// Scores tweets with a disaster-tweet CNN: offline (`score`), as a Kafka worker (`run`), or
@@ -32,8 +34,16 @@ pub enum Command {
     /// the output topic with the input's key and timestamp and headers model-version,
     /// source-topic, source-partition, source-offset. Records that cannot be scored go to the
     /// dead-letter topic with headers dlq-reason / dlq-error. An input offset is committed only
-    /// once its output is acknowledged by the broker (at-least-once). SIGINT / SIGTERM drain
-    /// and commit before exiting 0.
+    /// once its output is acknowledged by the broker (at-least-once), or in the same transaction
+    /// as its output (--guarantee exactly-once).
+    ///
+    /// SIGINT / SIGTERM: stop fetching, finish what was consumed (bounded by
+    /// --drain-timeout-ms), commit it and exit; a second signal exits at once (code 130).
+    ///
+    /// Exit codes: 0 stopped cleanly (everything consumed was delivered and committed); 1 a
+    /// start-up error (bad flag, broker unreachable, topic missing, bad model); 2 stopped with
+    /// records undelivered (they are re-processed after a restart); 3 stopped because something
+    /// could not be handled (a partition that cannot make progress, a fatal client error).
     Run(RunArgs),
     /// Zero-setup demo: an in-process DEMO broker (librdkafka's mock cluster), the real worker,
     /// and the tweets of test.csv; prints sample scores, throughput and latency.
@@ -42,9 +52,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Directory holding model.onnx, vocab.txt and preprocess.json.
-    #[arg(long, env = "KAFKA_INFER_MODEL_DIR", default_value = "model")]
-    pub model_dir: PathBuf,
+    /// Directory holding model.onnx, vocab.txt and preprocess.json (and golden.jsonl), as
+    /// written by model/train.py [default: the model built into this binary].
+    #[arg(long, env = "KAFKA_INFER_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,30 +102,35 @@ fn default_threads() -> usize {
 /// Batching and pipeline tuning shared by `run` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
-    /// Close a batch at this many tweets.
+    /// Close a batch at this many records.
     #[arg(long, env = "KAFKA_INFER_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_batch: u32,
-    /// Close a batch this long after its first tweet arrived, even if not full.
+    /// Close a batch this long after its first tweet arrived, even if not full (it also closes
+    /// at once when nothing more is queued and an inference thread is idle).
     #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = 5)]
     pub max_wait_ms: u64,
-    /// Close a batch once batch size × longest tweet (padded tokens) reaches this budget.
-    #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768)]
+    /// Close a batch before batch size × longest tweet (padded tokens) would exceed this.
+    #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
-    /// Capacity of the channel between partition threads and the batcher (tweets). When full,
-    /// partition threads block: that is the backpressure.
-    #[arg(long, env = "KAFKA_INFER_CHANNEL_CAPACITY", default_value_t = 4096)]
+    /// Chunks (the records one partition thread read in one go, at most --max-batch) queued
+    /// between the partition threads and the batcher. When full, partition threads wait.
+    #[arg(long, env = "KAFKA_INFER_CHANNEL_CAPACITY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub channel_capacity: u32,
+    /// Bound on the memory held by records consumed but not yet handed to the producer
+    /// (keys, values, token ids), in bytes. When spent, partition threads wait.
+    #[arg(long, env = "KAFKA_INFER_MAX_IN_FLIGHT_BYTES", default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight_bytes: u64,
     /// Threads running inference, each with its own model state [default: number of cores].
-    #[arg(long, env = "KAFKA_INFER_INFERENCE_THREADS")]
+    #[arg(long, env = "KAFKA_INFER_INFERENCE_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub inference_threads: Option<u32>,
-    /// Commit delivered offsets this often (also on revoke and at shutdown).
-    #[arg(long, env = "KAFKA_INFER_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    /// At-least-once: commit acknowledged offsets this often (also on revoke and at shutdown).
+    #[arg(long, env = "KAFKA_INFER_COMMIT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_interval_ms: u64,
-    /// On revoke or shutdown, wait at most this long for in-flight records to be delivered.
+    /// On revoke or shutdown, wait at most this long for consumed records to be delivered.
     #[arg(long, env = "KAFKA_INFER_DRAIN_TIMEOUT_MS", default_value_t = 10000)]
     pub drain_timeout_ms: u64,
-    /// Records whose value is larger than this go to the dead-letter topic.
-    #[arg(long, env = "KAFKA_INFER_MAX_TEXT_BYTES", default_value_t = 65536)]
+    /// Records whose value is larger than this go to the dead-letter topic unparsed.
+    #[arg(long, env = "KAFKA_INFER_MAX_TEXT_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_text_bytes: u32,
     /// BENCHMARK MODE ONLY: skip the model and score every tweet 0.5 (still decodes, tokenizes,
     /// batches, produces and commits). Measures the worker's own overhead.
@@ -133,7 +149,7 @@ impl PipelineArgs {
 
     pub fn threads(&self) -> usize {
         self.inference_threads
-            .map_or_else(default_threads, |n| n.max(1) as usize)
+            .map_or_else(default_threads, |n| n as usize)
     }
 
     /// A worker configuration with this tuning; connection and topic fields are left empty for
@@ -151,12 +167,31 @@ impl PipelineArgs {
             commit_interval: Duration::from_millis(self.commit_interval_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             max_text_bytes: self.max_text_bytes as usize,
+            max_in_flight_bytes: usize::try_from(self.max_in_flight_bytes).unwrap_or(usize::MAX),
             metrics_addr: None,
             log_interval: Duration::from_secs(60),
             startup_timeout: Duration::from_secs(10),
             client_properties: Vec::new(),
+            guarantee: Guarantee::AtLeastOnce,
+            transactional_id_prefix: None,
+            transaction_interval: Duration::from_millis(100),
+            max_rewinds: 5,
+            stall_timeout: Duration::from_secs(120),
         }
     }
+}
+
+/// `--metrics-addr`: an address to listen on, or none ("off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<ListenAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ListenAddr(None));
+    }
+    s.parse::<SocketAddr>()
+        .map(|a| ListenAddr(Some(a)))
+        .map_err(|_| format!("expected HOST:PORT (an IP address and a port, e.g. 127.0.0.1:9898) or \"off\", got {s:?}"))
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +223,32 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "KAFKA_INFER_METRICS_ADDR",
-        default_value = "127.0.0.1:9898"
+        default_value = "127.0.0.1:9898",
+        value_parser = parse_metrics_addr
     )]
-    pub metrics_addr: String,
+    pub metrics_addr: ListenAddr,
+    /// Delivery guarantee. at-least-once: offsets are committed once outputs are acknowledged
+    /// (duplicates possible after a crash or rebalance). exactly-once: each input partition has
+    /// its own transactional producer; outputs and input offsets commit in one transaction, so
+    /// read_committed readers see each prediction once.
+    #[arg(long, env = "KAFKA_INFER_GUARANTEE", value_enum, default_value_t = Guarantee::AtLeastOnce)]
+    pub guarantee: Guarantee,
+    /// Exactly-once: transactional.id prefix; partition P of the input topic T writes with
+    /// "<prefix>-T-P", which fences any earlier owner of that partition [default: the group id].
+    #[arg(long, env = "KAFKA_INFER_TRANSACTIONAL_ID_PREFIX")]
+    pub transactional_id_prefix: Option<String>,
+    /// Exactly-once: how long one transaction stays open (it spans the batches of that time).
+    /// Longer: fewer commits, more throughput; read_committed readers see outputs this much later.
+    #[arg(long, env = "KAFKA_INFER_TRANSACTION_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_interval_ms: u64,
+    /// Rewinds of a partition in a row (after failed outputs) without progress before the worker
+    /// stops with an error (exit code 3).
+    #[arg(long, env = "KAFKA_INFER_MAX_REWINDS", default_value_t = 5)]
+    pub max_rewinds: u32,
+    /// /healthz reports 503 when a partition has records in flight and no output acknowledged
+    /// for this long.
+    #[arg(long, env = "KAFKA_INFER_STALL_TIMEOUT_MS", default_value_t = 120_000)]
+    pub stall_timeout_ms: u64,
     /// Log a one-line stats summary this often.
     #[arg(long, env = "KAFKA_INFER_LOG_INTERVAL_MS", default_value_t = 5000)]
     pub log_interval_ms: u64,
@@ -212,7 +270,12 @@ impl RunArgs {
             input_topic: self.input_topic.clone(),
             output_topic: self.output_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
-            metrics_addr: (self.metrics_addr != "off").then(|| self.metrics_addr.clone()),
+            metrics_addr: self.metrics_addr.0,
+            guarantee: self.guarantee,
+            transactional_id_prefix: self.transactional_id_prefix.clone(),
+            transaction_interval: Duration::from_millis(self.transaction_interval_ms),
+            max_rewinds: self.max_rewinds,
+            stall_timeout: Duration::from_millis(self.stall_timeout_ms),
             log_interval: Duration::from_millis(self.log_interval_ms),
             startup_timeout: Duration::from_millis(self.startup_timeout_ms),
             client_properties: self.properties.clone(),

@@ -13,8 +13,11 @@ const TEST_CSV: &str = include_str!("../data/disaster-tweets/test.csv");
 /// The shipped test tweets (unlabelled, realistic traffic), in file order.
 pub fn test_tweets() -> Vec<String> {
     // The file is part of the build and its parse is covered by a test below.
-    parse_csv(TEST_CSV.as_bytes(), Path::new("data/disaster-tweets/test.csv"))
-        .unwrap_or_else(|e| unreachable!("the compiled-in test.csv parses: {e}"))
+    parse_csv(
+        TEST_CSV.as_bytes(),
+        Path::new("data/disaster-tweets/test.csv"),
+    )
+    .unwrap_or_else(|e| unreachable!("the compiled-in test.csv parses: {e}"))
 }
 
 /// Path of a file under the repository's `data/disaster-tweets/` (for tools run from a checkout,
@@ -44,9 +47,7 @@ pub fn read_tweets(path: &Path) -> Result<Vec<String>> {
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, l)| {
-                let mut buf = l.as_bytes().to_vec();
-                crate::json::decode_value(&mut buf)
-                    .map(|v| v.into_owned())
+                crate::json::decode_value(l.as_bytes())
                     .map_err(|e| Error::Config(format!("{}: line {}: {e}", path.display(), i + 1)))
             })
             .collect();

@@ -1,4 +1,4 @@
-//! `kafka-infer demo`: the whole worker against an in-process **demo broker** (librdkafka's mock
+//! `kafka-infer demo` (part of the binary, not the library): the whole worker against an in-process **demo broker** (librdkafka's mock
 //! cluster, which speaks the Kafka protocol over real loopback sockets). Zero setup: no broker
 //! to install. It preloads the tweets, runs the real worker code path until every tweet is
 //! scored, and reports what a user wants to see first: some scores, throughput and latency.
@@ -14,12 +14,13 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::error::{Error, Result};
-use crate::metrics::{Metrics, Stage};
-use crate::model::Classifier;
-use crate::shutdown::Shutdown;
-use crate::testkit::send_waiting;
-use crate::worker::{self, WorkerConfig};
+use anyhow::{bail, Result};
+use kafka_infer::metrics::{Metrics, Stage};
+use kafka_infer::model::Classifier;
+use kafka_infer::shutdown::Shutdown;
+use kafka_infer::worker::{self, WorkerConfig};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 
 const INPUT: &str = "incoming_tweet";
 const OUTPUT: &str = "tweet_disaster_inference";
@@ -30,8 +31,6 @@ const DLQ: &str = "incoming_tweet.dlq";
 pub struct DemoReport {
     pub tweets: usize,
     pub predicted: usize,
-    pub disasters: usize,
-    pub drain: Duration,
 }
 
 /// Runs the demo and prints its report to stdout. `template` supplies the pipeline tuning;
@@ -61,7 +60,18 @@ pub fn run(
     for (i, text) in tweets.iter().enumerate() {
         let payload = serde_json::json!({ "value": text }).to_string();
         let key = i.to_string();
-        send_waiting(&producer, BaseRecord::to(INPUT).key(&key).payload(&payload))?;
+        let mut rec = BaseRecord::to(INPUT).key(&key).payload(&payload);
+        // Preloading outruns librdkafka's queue: wait for deliveries while it is full.
+        while let Err((e, back)) = producer.send(rec) {
+            if !matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            ) {
+                return Err(e.into());
+            }
+            rec = back;
+            producer.poll(Duration::from_millis(5));
+        }
     }
     producer.flush(Duration::from_secs(30))?;
 
@@ -83,9 +93,12 @@ pub fn run(
     worker_stop.request();
     match worker.join() {
         Ok(r) => {
-            r?;
+            let summary = r?;
+            if let Some(reason) = summary.fatal {
+                bail!("the worker stopped: {reason}");
+            }
         }
-        Err(_) => return Err(Error::Config("worker thread panicked".into())),
+        Err(_) => bail!("the worker thread panicked"),
     }
 
     println!("\n  score  verdict       tweet");
@@ -136,8 +149,6 @@ pub fn run(
     Ok(DemoReport {
         tweets: tweets.len(),
         predicted: n,
-        disasters,
-        drain,
     })
 }
 

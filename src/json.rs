@@ -1,7 +1,8 @@
 //! Decoding `{"value": "<tweet>"}` and encoding `{"value":[score]}` — the seed's wire format.
 
-use std::borrow::Cow;
 use std::io::Write;
+
+use simd_json::Node;
 
 /// Why a record's value could not become a tweet. The worker sends such records to the
 /// dead-letter topic with [`DecodeError::code`] as the reason; `score` prints the message.
@@ -9,7 +10,7 @@ use std::io::Write;
 pub enum DecodeError {
     #[error("value is not UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
-    #[error("value is not valid JSON: {0}")]
+    #[error("value is not valid JSON ({0})")]
     InvalidJson(String),
     #[error("JSON value is not an object")]
     NotAnObject,
@@ -38,23 +39,92 @@ impl DecodeError {
     }
 }
 
-/// Extracts the `value` string from a JSON object with simd-json. `buf` is used as scratch
-/// space (simd-json parses in place), so pass a copy you own. Other fields are ignored.
-pub fn decode_value(buf: &mut [u8]) -> Result<Cow<'_, str>, DecodeError> {
-    // Check UTF-8 first so that "not UTF-8" is reported as such, not as a JSON error.
-    if let Err(e) = std::str::from_utf8(buf) {
-        return Err(DecodeError::NotUtf8(e.valid_up_to()));
+/// Extracts the `value` string from JSON objects with simd-json, reusing its parser buffers
+/// between documents: one per thread (partition threads each own one).
+///
+/// It reads simd-json's *tape* (the flat list of parsed nodes) instead of building a value tree,
+/// so a document costs no allocation beyond the tape itself. As with Python's `json.loads`, a
+/// key given twice takes its last value.
+#[derive(Default)]
+pub struct JsonDecoder {
+    buffers: simd_json::Buffers,
+}
+
+impl JsonDecoder {
+    pub fn new() -> Self {
+        Self::default()
     }
-    let value =
-        simd_json::to_borrowed_value(buf).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-    match value {
-        simd_json::BorrowedValue::Object(mut obj) => match obj.remove("value") {
-            Some(simd_json::BorrowedValue::String(s)) => Ok(s),
+
+    /// The `value` string of the JSON object in `raw`. simd-json parses and unescapes in place,
+    /// so `raw` is copied into `scratch` (reused between calls) and the result borrows it.
+    /// Other fields are ignored.
+    pub fn decode<'a>(
+        &mut self,
+        raw: &[u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a str, DecodeError> {
+        // Check UTF-8 first so that "not UTF-8" is reported as such, not as a JSON error.
+        if let Err(e) = std::str::from_utf8(raw) {
+            return Err(DecodeError::NotUtf8(e.valid_up_to()));
+        }
+        scratch.clear();
+        scratch.extend_from_slice(raw);
+        let tape = simd_json::to_tape_with_buffers(scratch, &mut self.buffers)
+            .map_err(|e| DecodeError::InvalidJson(describe(raw, &e)))?;
+        let nodes = tape.0.as_slice();
+        let Some(&Node::Object { len, .. }) = nodes.first() else {
+            return Err(DecodeError::NotAnObject);
+        };
+        let (mut idx, mut found) = (1, None);
+        for _ in 0..len {
+            let key = nodes.get(idx);
+            let value = nodes.get(idx + 1).copied();
+            if let (Some(Node::String(k)), Some(v)) = (key, value) {
+                if *k == "value" {
+                    found = Some(v);
+                }
+                idx += 1 + node_len(&v);
+            } else {
+                return Err(DecodeError::InvalidJson("malformed object".into()));
+            }
+        }
+        match found {
+            Some(Node::String(s)) => Ok(s),
             Some(_) => Err(DecodeError::ValueNotString),
             None => Err(DecodeError::MissingValue),
-        },
-        _ => Err(DecodeError::NotAnObject),
+        }
     }
+}
+
+/// Nodes a value takes on the tape (a container's header plus everything inside it).
+fn node_len(n: &Node<'_>) -> usize {
+    match n {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+/// A JSON syntax error in words a user understands ("EOF while parsing an object at line 1
+/// column 9"), not the fast parser's internal error names (`InternalError(TapeError)`). Only
+/// rejected documents get here, so a second, precise parse with serde_json costs nothing that
+/// matters.
+fn describe(raw: &[u8], e: &simd_json::Error) -> String {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+        // serde_json says "ident" for a bare word such as `nope` (it was expecting `null`).
+        Err(precise) => precise
+            .to_string()
+            .replace("expected ident", "expected value"),
+        // The fast parser has limits serde_json does not (e.g. nesting depth).
+        Ok(_) => format!("not supported by the parser at byte {}", e.index()),
+    }
+}
+
+/// [`JsonDecoder::decode`] with a fresh decoder (for one-off use).
+pub fn decode_value(raw: &[u8]) -> Result<String, DecodeError> {
+    let mut scratch = Vec::new();
+    JsonDecoder::new()
+        .decode(raw, &mut scratch)
+        .map(str::to_owned)
 }
 
 /// The same as [`decode_value`] with serde_json — kept for the decoding benchmark only.
@@ -74,10 +144,14 @@ pub fn decode_value_serde_json(buf: &[u8]) -> Result<String, DecodeError> {
     }
 }
 
-/// Appends `{"value":[score]}` to `out`. Scores are finite by construction (callers check).
-pub fn encode_score(score: f32, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{{\"value\":[{score}]}}");
+/// Writes `{"value":[score]}` into `out` and returns its length. Scores are finite by
+/// construction (callers check); 128 bytes hold any finite f32 (its `Display` form never uses
+/// an exponent, so the smallest subnormal takes ~50 digits).
+pub fn encode_score(score: f32, out: &mut [u8; 128]) -> usize {
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    // 128 bytes always suffice (see above); a failed write would show as a truncated score.
+    let _ = write!(cursor, "{{\"value\":[{score}]}}");
+    usize::try_from(cursor.position()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -85,8 +159,7 @@ mod tests {
     use super::*;
 
     fn decode(s: &[u8]) -> Result<String, DecodeError> {
-        let mut buf = s.to_vec();
-        decode_value(&mut buf).map(|c| c.into_owned())
+        decode_value(s)
     }
 
     #[test]
@@ -111,6 +184,57 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_in_words_not_parser_internals() {
+        for (input, want) in [
+            (
+                &b"this is not json"[..],
+                "value is not valid JSON (expected value at line 1 column 2)",
+            ),
+            (
+                b"",
+                "value is not valid JSON (EOF while parsing a value at line 1 column 0)",
+            ),
+            (
+                b"{\"value\":",
+                "value is not valid JSON (EOF while parsing a value at line 1 column 9)",
+            ),
+            (
+                b"{\"value\":\"x\"} 7",
+                "value is not valid JSON (trailing characters at line 1 column 15)",
+            ),
+        ] {
+            let got = decode(input).map_err(|e| e.to_string());
+            assert_eq!(
+                got,
+                Err(want.to_string()),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_of_repeated_keys_wins_as_in_python() {
+        assert_eq!(
+            decode(br#"{"value":"a","x":{"value":"no"},"value":"b"}"#).as_deref(),
+            Ok("b")
+        );
+        assert_eq!(
+            decode(br#"{"value":[1,[2]],"n":null}"#),
+            Err(DecodeError::ValueNotString)
+        );
+    }
+
+    #[test]
+    fn one_decoder_serves_many_documents() {
+        let (mut d, mut scratch) = (JsonDecoder::new(), Vec::new());
+        for text in ["fire", "a \\\"quoted\\\" flood", ""] {
+            let raw = serde_json::to_vec(&serde_json::json!({ "value": text })).expect("json");
+            assert_eq!(d.decode(&raw, &mut scratch), Ok(text));
+        }
+    }
+
+    #[test]
     fn serde_json_twin_agrees() {
         for case in [
             &br#"{"value":"a b"}"#[..],
@@ -126,8 +250,11 @@ mod tests {
 
     #[test]
     fn encodes_the_seed_output_format() {
-        let mut out = Vec::new();
-        encode_score(0.25, &mut out);
-        assert_eq!(out, br#"{"value":[0.25]}"#);
+        let mut out = [0u8; 128];
+        let n = encode_score(0.25, &mut out);
+        assert_eq!(&out[..n], br#"{"value":[0.25]}"#);
+        let n = encode_score(f32::from_bits(1), &mut out); // the smallest subnormal
+        let v: serde_json::Value = serde_json::from_slice(&out[..n]).expect("valid JSON");
+        assert!(v["value"][0].as_f64().is_some_and(|x| x > 0.0));
     }
 }

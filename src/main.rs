@@ -1,18 +1,22 @@
 //! The `kafka-infer` binary: parses the command line and wires library pieces together.
 
 use std::fs::File;
-use std::io::{self, BufReader};
-use std::path::Path;
+use std::io::{self, BufReader, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kafka_infer::config::{Cli, Command, DemoArgs, Format, PipelineArgs, RunArgs, ScoreArgs};
+use kafka_infer::config::{
+    Cli, Command, DemoArgs, Format, ModelArgs, PipelineArgs, RunArgs, ScoreArgs,
+};
 use kafka_infer::data::{read_tweets, test_tweets};
 use kafka_infer::metrics::Metrics;
+use kafka_infer::model_files::ModelFiles;
 use kafka_infer::score::{score_stream, InputFormat};
 use kafka_infer::shutdown::Shutdown;
-use kafka_infer::{demo, worker, Classifier};
+use kafka_infer::{worker, Classifier};
+
+mod demo;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -24,30 +28,56 @@ fn main() {
             }),
         )
         .init();
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other start-up problem (clap's own default is 2, which
+    // `run` uses for "stopped with records undelivered"); --help and --version exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 });
+    });
     let result = match cli.command {
-        Command::Score(args) => score(args),
+        Command::Score(args) => {
+            restore_sigpipe();
+            score(args).map(|()| 0)
+        }
         Command::Run(args) => run(args),
-        Command::Demo(args) => run_demo(args),
+        Command::Demo(args) => {
+            restore_sigpipe();
+            run_demo(args).map(|()| 0)
+        }
     };
-    if let Err(e) = result {
-        eprintln!("kafka-infer: error: {e:#}");
-        std::process::exit(1);
+    let code = result.unwrap_or_else(|e| {
+        // stderr may be a closed pipe: never panic on reporting.
+        let _ = writeln!(io::stderr(), "kafka-infer: error: {e:#}");
+        1
+    });
+    std::process::exit(code);
+}
+
+/// `score` and `demo` write their results to stdout like any filter: when the reader goes away
+/// (`… | head`), they end quietly, as Unix tools do, instead of panicking on a closed pipe.
+/// (`run` keeps Rust's default — SIGPIPE ignored — so a closed log pipe never kills a worker
+/// before it has drained and committed.)
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
-fn load(dir: &Path, pipeline: Option<&PipelineArgs>) -> anyhow::Result<Classifier> {
+fn load(model: &ModelArgs, pipeline: Option<&PipelineArgs>) -> anyhow::Result<Classifier> {
+    let files = ModelFiles::from_dir_or_builtin(model.model_dir.as_deref())
+        .context("loading the model given by --model-dir (KAFKA_INFER_MODEL_DIR)")?;
     let c = if pipeline.is_some_and(|p| p.benchmark_passthrough) {
         tracing::warn!("BENCHMARK PASSTHROUGH MODE: no model runs; every tweet scores 0.5");
-        Classifier::constant(dir, 0.5)
+        Classifier::constant(&files, 0.5)
     } else {
-        Classifier::load(dir)
+        Classifier::from_files(&files)
     };
-    c.with_context(|| format!("loading the model from {}", dir.display()))
+    c.with_context(|| format!("loading the model from {}", files.origin))
 }
 
 fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let classifier = load(&args.model.model_dir, None)?;
+    let classifier = load(&args.model, None)?;
     let format = if args.text || args.format == Format::Text {
         InputFormat::Text
     } else {
@@ -71,23 +101,40 @@ fn score(args: ScoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let classifier = load(&args.model.model_dir, Some(&args.pipeline))?;
+/// Runs the worker; returns the process exit code (see `kafka-infer run --help`).
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let cfg = args.worker_config();
+    // Flag problems first: before the model loads and long before a broker is reached.
+    worker::check_properties(&cfg.client_properties)?;
+    let classifier = load(&args.model, Some(&args.pipeline))?;
     let shutdown = Shutdown::new().on_signals()?;
     let metrics = Arc::new(Metrics::new(classifier.version()));
-    let summary = worker::run(&args.worker_config(), classifier, shutdown, metrics)?;
+    let summary = worker::run(&cfg, classifier, shutdown, metrics)?;
     tracing::info!(
         consumed = summary.consumed,
         predicted = summary.predicted,
         dead_lettered = summary.dead_lettered,
+        undelivered = summary.undelivered,
         "worker stopped after {:.1} s",
         summary.elapsed.as_secs_f64()
     );
-    Ok(())
+    if let Some(reason) = &summary.fatal {
+        let _ = writeln!(io::stderr(), "kafka-infer: error: {reason}");
+        return Ok(3);
+    }
+    if summary.undelivered > 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "kafka-infer: error: stopped with {} consumed records undelivered (they will be processed again after a restart)",
+            summary.undelivered
+        );
+        return Ok(2);
+    }
+    Ok(0)
 }
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let classifier = load(&args.model.model_dir, Some(&args.pipeline))?;
+    let classifier = load(&args.model, Some(&args.pipeline))?;
     let mut tweets = match &args.input {
         Some(path) => {
             read_tweets(path).with_context(|| format!("reading tweets from {}", path.display()))?

@@ -1,27 +1,33 @@
-//! Counters, per-stage latency histograms and per-partition gauges, rendered as Prometheus text
-//! and as a one-line log summary.
+//! Counters, per-stage latency histograms and per-partition gauges: exposed in the Prometheus /
+//! OpenMetrics text format through `prometheus-client`, and summarised in a one-line log.
 //!
-//! Latencies are recorded in HdrHistograms (µs, 3 significant digits) so the log line can show
-//! true percentiles; `/metrics` exposes them as Prometheus histograms with fixed buckets.
+//! Latencies are recorded twice: in Prometheus histograms with fixed buckets (for dashboards)
+//! and in HdrHistograms (µs, 3 significant digits), so the log line and the demo can show true
+//! percentiles. Recording happens per chunk or per batch, not per record, except the
+//! end-to-end latency (one value per record, taken in the delivery callback).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
+use hdrhistogram::Histogram as Hdr;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Consumed from Kafka → taken by the batcher (time in the bounded channel).
+    /// Chunk consumed from Kafka → taken by the batcher (time in the bounded channel).
     ChannelWait,
-    /// Batch opened (first tweet) → batch closed.
+    /// Batch opened (first chunk) → batch closed.
     BatchWait,
     /// One batched model run.
     Inference,
-    /// Handed to the producer → acknowledged by the broker.
+    /// Chunk handed to the producer → every output of it acknowledged by the broker.
     ProduceAck,
     /// Input record timestamp → output acknowledged (millisecond resolution, like timestamps).
     EndToEnd,
@@ -39,36 +45,52 @@ const LATENCY_BUCKETS_S: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+const BATCH_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 
-/// Per-partition gauges.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PartitionGauges {
-    pub committed: Option<i64>,
-    pub lag: Option<i64>,
-    pub in_flight: u64,
+type Labels = Vec<(&'static str, String)>;
+
+fn partition_label(partition: i32) -> Labels {
+    vec![("partition", partition.to_string())]
 }
 
 /// All worker metrics. Shared (`Arc`) by every thread.
 pub struct Metrics {
-    pub consumed: AtomicU64,
-    pub predicted: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub delivery_errors: AtomicU64,
-    pub batches: AtomicU64,
-    /// Records the client handed over twice (same partition and offset), skipped.
-    pub redelivered: AtomicU64,
-    stages: [Mutex<Histogram<u64>>; 5],
-    batch_size: Mutex<Histogram<u64>>,
-    partitions: Mutex<BTreeMap<i32, PartitionGauges>>,
+    registry: Registry,
+    pub consumed_total: Counter,
+    pub predicted_total: Counter,
+    pub dead_lettered_total: Counter,
+    pub dead_letters_truncated_total: Counter,
+    pub delivery_errors_total: Counter,
+    pub redelivered_total: Counter,
+    pub rewinds_total: Counter,
+    pub consume_errors_total: Counter,
+    pub client_errors_total: Counter,
+    pub commit_errors_total: Counter,
+    pub partition_failures_total: Counter,
+    pub undelivered_at_revoke_total: Counter,
+    pub transactions_committed_total: Counter,
+    pub transactions_aborted_total: Counter,
+    stage_seconds: Family<Labels, Histogram>,
+    batch_size: Histogram,
+    committed: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge>,
+    in_flight: Family<Labels, Gauge>,
+    pub in_flight_bytes: Gauge,
+    stages_hdr: [Mutex<Hdr<u64>>; 5],
+    batch_hdr: Mutex<Hdr<u64>>,
     model_version: String,
     started: Instant,
+    /// Predictions at the last summary line, for its rate.
+    last_summary: Mutex<(Instant, u64)>,
+    batches: AtomicU64,
 }
 
-fn new_hist() -> Histogram<u64> {
+fn new_hdr() -> Hdr<u64> {
     // 1 µs to 1 hour at 3 significant digits (~190 KB). Fixed bounds, because
     // `saturating_record` clamps to the current range instead of growing an auto-resizing one.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+    Hdr::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,18 +99,129 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Metrics {
     pub fn new(model_version: &str) -> Self {
+        let mut registry = Registry::with_prefix("kafka_infer");
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let consumed_total = counter("records_consumed", "Records read from the input topic");
+        let predicted_total = counter(
+            "records_predicted",
+            "Predictions acknowledged by the broker",
+        );
+        let dead_lettered_total = counter(
+            "records_dead_lettered",
+            "Dead letters acknowledged by the broker",
+        );
+        let dead_letters_truncated_total = counter(
+            "dead_letters_truncated",
+            "Dead letters whose value was cut to fit the dead-letter topic's size limit",
+        );
+        let delivery_errors_total = counter(
+            "delivery_errors",
+            "Outputs the broker did not accept (the partition then rewinds to its last commit)",
+        );
+        let redelivered_total = counter(
+            "records_redelivered",
+            "Records handed over twice by the client, skipped",
+        );
+        let rewinds_total = counter(
+            "partition_rewinds",
+            "Times a partition restarted from its last commit after a failed output",
+        );
+        let consume_errors_total = counter(
+            "consume_errors",
+            "Errors reading a partition (any but an offset reset stops the worker)",
+        );
+        let client_errors_total = counter(
+            "client_errors",
+            "Errors reported by the Kafka clients (connections, rebalances, …)",
+        );
+        let commit_errors_total = counter("commit_errors", "Offset commits that failed");
+        let partition_failures_total = counter(
+            "partition_failures",
+            "Partitions that could not make progress (the worker stops)",
+        );
+        let undelivered_at_revoke_total = counter(
+            "undelivered_at_revoke",
+            "Records still undelivered when their partition was revoked (re-processed by the next owner)",
+        );
+        let transactions_committed_total = counter(
+            "transactions_committed",
+            "Exactly-once transactions committed",
+        );
+        let transactions_aborted_total =
+            counter("transactions_aborted", "Exactly-once transactions aborted");
+        let stage_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS_S)) as fn() -> Histogram,
+        );
+        registry.register(
+            "stage_seconds",
+            "Latency per pipeline stage",
+            stage_seconds.clone(),
+        );
+        let batch_size = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "batch_size",
+            "Records per inference batch",
+            batch_size.clone(),
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let g = Family::<Labels, Gauge>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let committed = gauge(
+            "committed_offset",
+            "Last committed offset (next to read) per input partition",
+        );
+        let lag = gauge(
+            "consumer_lag",
+            "High watermark minus consumer position, per input partition",
+        );
+        let in_flight = gauge(
+            "in_flight",
+            "Records consumed whose outputs are not acknowledged yet, per input partition",
+        );
+        let in_flight_bytes = Gauge::default();
+        registry.register(
+            "in_flight_bytes",
+            "Bytes held by records between consumption and production (bounded by --max-in-flight-bytes)",
+            in_flight_bytes.clone(),
+        );
+        let info = Family::<Labels, Gauge>::default();
+        info.get_or_create(&vec![("version", model_version.to_owned())])
+            .set(1);
+        registry.register("model_info", "Model version in use", info);
         Metrics {
-            consumed: AtomicU64::new(0),
-            predicted: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            delivery_errors: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            redelivered: AtomicU64::new(0),
-            stages: std::array::from_fn(|_| Mutex::new(new_hist())),
-            batch_size: Mutex::new(new_hist()),
-            partitions: Mutex::new(BTreeMap::new()),
+            registry,
+            consumed_total,
+            predicted_total,
+            dead_lettered_total,
+            dead_letters_truncated_total,
+            delivery_errors_total,
+            redelivered_total,
+            rewinds_total,
+            consume_errors_total,
+            client_errors_total,
+            commit_errors_total,
+            partition_failures_total,
+            undelivered_at_revoke_total,
+            transactions_committed_total,
+            transactions_aborted_total,
+            stage_seconds,
+            batch_size,
+            committed,
+            lag,
+            in_flight,
+            in_flight_bytes,
+            stages_hdr: std::array::from_fn(|_| Mutex::new(new_hdr())),
+            batch_hdr: Mutex::new(new_hdr()),
             model_version: model_version.to_owned(),
             started: Instant::now(),
+            last_summary: Mutex::new((Instant::now(), 0)),
+            batches: AtomicU64::new(0),
         }
     }
 
@@ -96,188 +229,117 @@ impl Metrics {
         STAGES.iter().position(|(s, _)| *s == stage).unwrap_or(0)
     }
 
+    fn name(stage: Stage) -> &'static str {
+        STAGES[Self::idx(stage)].1
+    }
+
     pub fn record(&self, stage: Stage, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        lock(&self.stages[Self::idx(stage)]).saturating_record(us.max(1));
+        self.record_n(stage, d, 1);
+    }
+
+    /// Records the same latency for `n` records (one chunk).
+    pub fn record_n(&self, stage: Stage, d: Duration, n: u64) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = lock(&self.stages_hdr[Self::idx(stage)]).record_n(us.min(3_600_000_000), n);
+        let h = self
+            .stage_seconds
+            .get_or_create_owned(&vec![("stage", Self::name(stage).to_owned())]);
+        for _ in 0..n {
+            h.observe(d.as_secs_f64());
+        }
+    }
+
+    /// End-to-end latencies of a chunk's records, from their input timestamps to `now_ms`.
+    pub fn record_end_to_end(&self, timestamps: impl Iterator<Item = i64>, now_ms: i64) {
+        let h = self
+            .stage_seconds
+            .get_or_create_owned(&vec![("stage", Self::name(Stage::EndToEnd).to_owned())]);
+        let mut hdr = lock(&self.stages_hdr[Self::idx(Stage::EndToEnd)]);
+        for ts in timestamps {
+            let ms = u64::try_from(now_ms - ts).unwrap_or(0);
+            h.observe(ms as f64 / 1e3);
+            hdr.saturating_record((ms * 1000).max(1));
+        }
     }
 
     pub fn record_batch_size(&self, n: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        lock(&self.batch_size).saturating_record(n as u64);
+        self.batch_size.observe(n as f64);
+        lock(&self.batch_hdr).saturating_record(n as u64);
     }
 
-    /// A copy of one stage's histogram (for reports).
-    pub fn histogram(&self, stage: Stage) -> Histogram<u64> {
-        lock(&self.stages[Self::idx(stage)]).clone()
+    /// A copy of one stage's percentile histogram (for reports).
+    pub fn histogram(&self, stage: Stage) -> Hdr<u64> {
+        lock(&self.stages_hdr[Self::idx(stage)]).clone()
     }
 
-    pub fn batch_sizes(&self) -> Histogram<u64> {
-        lock(&self.batch_size).clone()
+    pub fn batch_sizes(&self) -> Hdr<u64> {
+        lock(&self.batch_hdr).clone()
     }
 
-    pub fn update_partition(&self, partition: i32, f: impl FnOnce(&mut PartitionGauges)) {
-        f(lock(&self.partitions).entry(partition).or_default());
+    pub fn set_committed(&self, partition: i32, offset: i64) {
+        self.committed
+            .get_or_create(&partition_label(partition))
+            .set(offset);
+    }
+
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.lag.get_or_create(&partition_label(partition)).set(lag);
+    }
+
+    pub fn set_in_flight(&self, partition: i32, records: usize) {
+        self.in_flight
+            .get_or_create(&partition_label(partition))
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     pub fn remove_partition(&self, partition: i32) {
-        lock(&self.partitions).remove(&partition);
+        let l = partition_label(partition);
+        self.committed.remove(&l);
+        self.lag.remove(&l);
+        self.in_flight.remove(&l);
+    }
+
+    pub fn model_version(&self) -> &str {
+        &self.model_version
     }
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render_prometheus(&self) -> String {
-        let mut s = String::with_capacity(8192);
-        let counters = [
-            (
-                "records_consumed_total",
-                "Records read from the input topic.",
-                &self.consumed,
-            ),
-            (
-                "records_predicted_total",
-                "Predictions acknowledged by the broker.",
-                &self.predicted,
-            ),
-            (
-                "records_dead_lettered_total",
-                "Dead letters acknowledged by the broker.",
-                &self.dead_lettered,
-            ),
-            (
-                "delivery_errors_total",
-                "Failed deliveries (each is retried).",
-                &self.delivery_errors,
-            ),
-            ("batches_total", "Inference batches run.", &self.batches),
-            (
-                "records_redelivered_total",
-                "Records handed over twice by the client, skipped.",
-                &self.redelivered,
-            ),
-        ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                s,
-                "# HELP kafka_infer_{name} {help}\n# TYPE kafka_infer_{name} counter"
-            );
-            let _ = writeln!(s, "kafka_infer_{name} {}", c.load(Ordering::Relaxed));
-        }
-        let _ = writeln!(s, "# HELP kafka_infer_model_info Model version in use.\n# TYPE kafka_infer_model_info gauge");
-        let _ = writeln!(
-            s,
-            "kafka_infer_model_info{{version=\"{}\"}} 1",
-            self.model_version
-        );
-        let _ = writeln!(
-            s,
-            "# TYPE kafka_infer_uptime_seconds gauge\nkafka_infer_uptime_seconds {:.3}",
-            self.uptime().as_secs_f64()
-        );
-
-        let parts = lock(&self.partitions).clone();
-        type Gauge = (
-            &'static str,
-            &'static str,
-            fn(&PartitionGauges) -> Option<i64>,
-        );
-        let gauges: [Gauge; 3] = [
-            (
-                "committed_offset",
-                "Last committed offset (next to read) per input partition.",
-                |g| g.committed,
-            ),
-            (
-                "consumer_lag",
-                "High watermark minus consumer position, per input partition.",
-                |g| g.lag,
-            ),
-            (
-                "in_flight",
-                "Records consumed whose output is not acknowledged yet.",
-                |g| Some(g.in_flight as i64),
-            ),
-        ];
-        for (name, help, get) in gauges {
-            let _ = writeln!(
-                s,
-                "# HELP kafka_infer_{name} {help}\n# TYPE kafka_infer_{name} gauge"
-            );
-            for (p, g) in &parts {
-                if let Some(v) = get(g) {
-                    let _ = writeln!(s, "kafka_infer_{name}{{partition=\"{p}\"}} {v}");
-                }
-            }
-        }
-
-        let _ = writeln!(s, "# HELP kafka_infer_batch_size Tweets per inference batch.\n# TYPE kafka_infer_batch_size histogram");
-        let h = self.batch_sizes();
-        for le in BATCH_BUCKETS {
-            let _ = writeln!(
-                s,
-                "kafka_infer_batch_size_bucket{{le=\"{le}\"}} {}",
-                count_le(&h, le)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "kafka_infer_batch_size_bucket{{le=\"+Inf\"}} {}",
-            h.len()
-        );
-        let _ = writeln!(
-            s,
-            "kafka_infer_batch_size_sum {}",
-            (h.mean() * h.len() as f64).round()
-        );
-        let _ = writeln!(s, "kafka_infer_batch_size_count {}", h.len());
-
-        let _ = writeln!(s, "# HELP kafka_infer_stage_seconds Latency per pipeline stage.\n# TYPE kafka_infer_stage_seconds histogram");
-        for (stage, name) in STAGES {
-            let h = self.histogram(stage);
-            for le in LATENCY_BUCKETS_S {
-                let _ = writeln!(
-                    s,
-                    "kafka_infer_stage_seconds_bucket{{stage=\"{name}\",le=\"{le}\"}} {}",
-                    count_le(&h, (le * 1e6) as u64)
-                );
-            }
-            let _ = writeln!(
-                s,
-                "kafka_infer_stage_seconds_bucket{{stage=\"{name}\",le=\"+Inf\"}} {}",
-                h.len()
-            );
-            let _ = writeln!(
-                s,
-                "kafka_infer_stage_seconds_sum{{stage=\"{name}\"}} {:.6}",
-                h.mean() * h.len() as f64 / 1e6
-            );
-            let _ = writeln!(
-                s,
-                "kafka_infer_stage_seconds_count{{stage=\"{name}\"}} {}",
-                h.len()
-            );
-        }
+    /// The OpenMetrics text exposition (which Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(16384);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
         s
     }
 
-    /// One log line: counts, rates and p50/p99 per stage since start.
+    /// Predictions per second since the previous call (for the periodic log line).
+    pub fn interval_rate(&self) -> f64 {
+        let predicted = self.predicted_total.get();
+        let mut last = lock(&self.last_summary);
+        let secs = last.0.elapsed().as_secs_f64().max(1e-9);
+        let r = predicted.saturating_sub(last.1) as f64 / secs;
+        *last = (Instant::now(), predicted);
+        r
+    }
+
+    /// One log line: counts, and p50/p99 per stage since start.
     pub fn summary_line(&self) -> String {
-        let secs = self.uptime().as_secs_f64().max(1e-9);
-        let predicted = self.predicted.load(Ordering::Relaxed);
         let mut s = format!(
-            "consumed={} predicted={} dead_lettered={} batches={} avg_batch={:.1} rate={:.0}/s",
-            self.consumed.load(Ordering::Relaxed),
-            predicted,
-            self.dead_lettered.load(Ordering::Relaxed),
+            "consumed={} predicted={} dead_lettered={} batches={} avg_batch={:.1}",
+            self.consumed_total.get(),
+            self.predicted_total.get(),
+            self.dead_lettered_total.get(),
             self.batches.load(Ordering::Relaxed),
             self.batch_sizes().mean(),
-            predicted as f64 / secs,
         );
         for (stage, name) in STAGES {
             let h = self.histogram(stage);
             if !h.is_empty() {
+                use std::fmt::Write as _;
                 let _ = write!(
                     s,
                     " {name}_p50/p99={:.2}/{:.2}ms",
@@ -290,52 +352,36 @@ impl Metrics {
     }
 }
 
-fn count_le(h: &Histogram<u64>, le: u64) -> u64 {
-    // Recorded values come in ascending order; each stands for its HdrHistogram bucket.
-    h.iter_recorded()
-        .take_while(|v| v.value_iterated_to() <= le)
-        .map(|v| v.count_at_value())
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn prometheus_text_has_counters_histograms_and_partition_gauges() {
+    fn the_exposition_has_counters_histograms_and_partition_gauges() {
         let m = Metrics::new("abc123");
-        m.consumed.fetch_add(3, Ordering::Relaxed);
+        m.consumed_total.inc_by(3);
         m.record(Stage::Inference, Duration::from_micros(700));
         m.record(Stage::Inference, Duration::from_millis(30));
         m.record_batch_size(5);
-        m.update_partition(2, |g| g.committed = Some(41));
-        let text = m.render_prometheus();
-        assert!(
-            text.contains("kafka_infer_records_consumed_total 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kafka_infer_stage_seconds_bucket{stage=\"inference\",le=\"0.001\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kafka_infer_stage_seconds_bucket{stage=\"inference\",le=\"0.05\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kafka_infer_batch_size_bucket{le=\"4\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kafka_infer_batch_size_bucket{le=\"8\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("kafka_infer_committed_offset{partition=\"2\"} 41"),
-            "{text}"
-        );
-        assert!(text.contains("kafka_infer_model_info{version=\"abc123\"} 1"));
+        m.set_committed(2, 41);
+        let text = m.render();
+        for want in [
+            "kafka_infer_records_consumed_total 3",
+            "kafka_infer_stage_seconds_bucket{le=\"0.001\",stage=\"inference\"} 1",
+            "kafka_infer_stage_seconds_bucket{le=\"0.05\",stage=\"inference\"} 2",
+            "kafka_infer_stage_seconds_count{stage=\"inference\"} 2",
+            // The exact sum of the observations, not a mean × count estimate.
+            "kafka_infer_stage_seconds_sum{stage=\"inference\"} 0.0306999",
+            "kafka_infer_batch_size_bucket{le=\"4.0\"} 0",
+            "kafka_infer_batch_size_bucket{le=\"8.0\"} 1",
+            "# HELP kafka_infer_records_consumed Records read from the input topic.\n",
+            "kafka_infer_committed_offset{partition=\"2\"} 41",
+            "kafka_infer_model_info{version=\"abc123\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        m.remove_partition(2);
+        assert!(!m.render().contains("partition=\"2\""));
         assert!(
             m.summary_line().contains("inference_p50/p99=0.70/30.0"),
             "{}",

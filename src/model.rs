@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use crate::batch;
 use crate::error::{Error, Result};
+use crate::model_files::ModelFiles;
 use crate::preprocess::Tokenizer;
 
 type Plan = TypedSimplePlan;
@@ -38,11 +39,14 @@ pub struct Classifier {
 impl Classifier {
     /// Loads and optimizes the model in `model_dir`.
     pub fn load(model_dir: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::load(model_dir)?;
-        let onnx_path = model_dir.join("model.onnx");
-        let bytes = std::fs::read(&onnx_path).map_err(|e| Error::io(&onnx_path, e))?;
-        let version = short_hash(&bytes);
-        let plan = optimize(&bytes)?;
+        Self::from_files(&ModelFiles::read(model_dir)?)
+    }
+
+    /// Builds the tokenizer and optimizes the model from a model directory's contents.
+    pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        let tokenizer = Self::tokenizer_of(files)?;
+        let version = short_hash(&files.onnx);
+        let plan = optimize(&files.onnx)?;
         Ok(Classifier {
             tokenizer: Arc::new(tokenizer),
             backend: Backend::Onnx(plan),
@@ -50,11 +54,15 @@ impl Classifier {
         })
     }
 
+    fn tokenizer_of(files: &ModelFiles) -> Result<Tokenizer> {
+        Tokenizer::from_bytes(&files.preprocess, &files.vocab, &files.preprocess_path)
+    }
+
     /// A classifier that tokenizes for real but scores every tweet `score` without running a
-    /// model. **Benchmark mode only**: it measures the worker's own overhead (`--model none`).
-    pub fn constant(model_dir: &Path, score: f32) -> Result<Self> {
+    /// model. **Benchmark mode only**: it measures the worker's own overhead.
+    pub fn constant(files: &ModelFiles, score: f32) -> Result<Self> {
         Ok(Classifier {
-            tokenizer: Arc::new(Tokenizer::load(model_dir)?),
+            tokenizer: Arc::new(Self::tokenizer_of(files)?),
             backend: Backend::Constant(score),
             version: "none".into(),
         })

@@ -8,8 +8,9 @@
 //! (part of a non-ASCII character) is simply a separator. The golden vectors written by the
 //! training script (`tests/golden.rs`) prove the two agree.
 
-use std::collections::HashMap;
 use std::path::Path;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Deserialize;
 
@@ -63,16 +64,21 @@ impl Tokenizer {
     pub fn load(model_dir: &Path) -> Result<Self> {
         let cfg_path = model_dir.join("preprocess.json");
         let raw = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: Config = serde_json::from_slice(&raw).map_err(|e| Error::PreprocessConfig {
-            path: cfg_path.clone(),
-            reason: e.to_string(),
-        })?;
         let vocab_path = model_dir.join("vocab.txt");
         let vocab = std::fs::read_to_string(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
-        Self::from_parts(cfg, vocab.lines()).map_err(|reason| Error::PreprocessConfig {
-            path: cfg_path,
+        Self::from_bytes(&raw, &vocab, &cfg_path)
+    }
+
+    /// Builds a tokenizer from the contents of `preprocess.json` and `vocab.txt`; `config_path`
+    /// only names the configuration in errors.
+    pub fn from_bytes(preprocess_json: &[u8], vocab: &str, config_path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::PreprocessConfig {
+            path: config_path.to_path_buf(),
             reason,
-        })
+        };
+        let cfg: Config =
+            serde_json::from_slice(preprocess_json).map_err(|e| bad(e.to_string()))?;
+        Self::from_parts(cfg, vocab.lines()).map_err(bad)
     }
 
     fn from_parts<'a>(
@@ -91,7 +97,10 @@ impl Tokenizer {
                 ));
             }
         }
-        let mut entries: HashMap<Box<[u8]>, Entry> = HashMap::new();
+        // FxHash: tokens are short and come from our own vocabulary lookups, so a fast
+        // non-cryptographic hash beats the default SipHash (no untrusted-key DoS concern here:
+        // the keys are the model's vocabulary, fixed at load).
+        let mut entries: HashMap<Box<[u8]>, Entry> = HashMap::default();
         for (id, word) in vocab.enumerate() {
             let id = i32::try_from(id).map_err(|_| "vocabulary too large".to_string())?;
             // Ids 0 and 1 are the reserved padding / out-of-vocabulary rows.
@@ -147,15 +156,22 @@ impl Tokenizer {
     /// Tokenizes `text`, appending ids to `out` (cleared first).
     pub fn encode_into(&self, text: &str, out: &mut Vec<i32>) {
         out.clear();
+        self.encode_append(text, out);
+    }
+
+    /// Tokenizes `text`, appending at most `max_len` ids to `out` (which may already hold other
+    /// tweets' ids: the worker keeps one id buffer per chunk of records).
+    pub fn encode_append(&self, text: &str, out: &mut Vec<i32>) {
+        let limit = out.len() + self.max_len;
         let b = text.as_bytes();
         let mut i = 0;
         let mut start: Option<usize> = None;
-        while i < b.len() && out.len() < self.max_len {
+        while i < b.len() && out.len() < limit {
             let c = b[i];
             if c == b'h' {
                 if let Some(end) = url_end(b, i) {
                     self.flush(b, &mut start, i, out);
-                    if out.len() < self.max_len {
+                    if out.len() < limit {
                         out.extend(self.url_id);
                     }
                     i = end;
@@ -175,7 +191,7 @@ impl Tokenizer {
             }
             i += 1;
         }
-        if out.len() < self.max_len {
+        if out.len() < limit {
             self.flush(b, &mut start, b.len(), out);
         }
     }

@@ -116,7 +116,9 @@ fn flush(
         let result = p.and_then(|_| scores.next().unwrap_or_else(|| Err("no score".into())));
         match result {
             Ok(score) => {
-                encode_score(score, &mut buf);
+                let mut tmp = [0u8; 128];
+                let n = encode_score(score, &mut tmp);
+                buf.extend_from_slice(&tmp[..n]);
                 stats.scored += 1;
             }
             Err(reason) => {

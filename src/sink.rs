@@ -1,105 +1,56 @@
-//! The sink: predictions and dead letters to Kafka, acknowledged into commit tracking.
+//! The sink: the one place that produces to Kafka. Predictions and dead letters leave here, in
+//! each input partition's order, and their acknowledgements feed commit tracking.
 //!
-//! **One producer, per-partition lanes.** Every input partition's results go to the same
-//! partition number of the output topic (when it has enough partitions), in input order. The
-//! lanes share one idempotent librdkafka producer: librdkafka already keeps a queue, batches and
-//! an idempotence sequence *per partition*, so a producer instance per partition would only
-//! multiply connections, threads and producer ids without adding any ordering guarantee.
+//! **Per-partition lanes.** Every input partition's outputs go to the same partition number of
+//! the output topic (when it has enough partitions), in input order: a lane's chunks are
+//! produced strictly in sequence, whichever inference thread finished them (a finished chunk
+//! whose predecessor is still being scored waits, parked, and the thread that produces the
+//! predecessor produces it too). No single thread produces every record.
 //!
-//! Each record carries a [`Delivery`] as its opaque. The delivery callback acknowledges the input
-//! offset in its partition's [`PartitionTracker`] — the only way an offset becomes committable.
-//! A failed delivery is handed back to the sink thread and produced again; its offset stays
-//! in flight meanwhile, so commits never pass it.
+//! **Producers.** At-least-once: one idempotent producer serves every lane — librdkafka already
+//! keeps a queue, batches and an idempotence sequence per partition, so more producers would
+//! only multiply connections. Exactly-once: each lane gets its own transactional producer
+//! (`transactional.id` = prefix + input topic + partition), so whichever instance owns a
+//! partition fences every earlier owner of *that* partition, and a failure aborts only that
+//! partition's transaction.
+//!
+//! **Acknowledgements.** Each produced record carries its chunk's [`ChunkDelivery`] (a shared
+//! counter, not an allocation per record). When the last output of a chunk is acknowledged,
+//! the chunk's offsets become committable. A failed delivery fails the lane: nothing more of
+//! it is produced and its partition thread rewinds to the last commit.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{select, Receiver, Sender};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
-use crate::batcher::Batch;
-use crate::commit::PartitionTracker;
 use crate::error::Result;
 use crate::json::encode_score;
 use crate::metrics::{Metrics, Stage};
-use crate::source::Origin;
+use crate::pipeline::{Body, FailureKind, Lane, Output, Scored};
+use crate::shutdown::Shutdown;
 
-/// Which output a record is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Prediction,
-    DeadLetter,
-}
-
-/// An output record plus what its acknowledgement must update.
-pub struct Delivery {
-    pub tracker: Arc<PartitionTracker>,
-    pub offset: i64,
-    pub kind: Kind,
-    pub partition: Option<i32>,
-    pub key: Option<Arc<[u8]>>,
-    pub payload: Arc<[u8]>,
-    pub headers: OwnedHeaders,
-    /// The input record's timestamp (ms), copied to the output as Kafka Streams does.
-    pub timestamp: Option<i64>,
-    pub produced_at: Instant,
-    pub attempts: u32,
-}
-
-/// Producer callbacks: delivery acknowledgements.
-pub struct SinkContext {
-    metrics: Arc<Metrics>,
-    retry: Sender<Box<Delivery>>,
-}
-
-impl ClientContext for SinkContext {}
-
-impl ProducerContext for SinkContext {
-    type DeliveryOpaque = Box<Delivery>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
-        match result {
-            Ok(_) => {
-                self.metrics
-                    .record(Stage::ProduceAck, d.produced_at.elapsed());
-                if let Some(ts) = d.timestamp {
-                    let now_ms = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |t| t.as_millis() as i64);
-                    let age = u64::try_from(now_ms - ts).unwrap_or(0);
-                    self.metrics
-                        .record(Stage::EndToEnd, Duration::from_millis(age));
-                }
-                let counter = match d.kind {
-                    Kind::Prediction => &self.metrics.predicted,
-                    Kind::DeadLetter => &self.metrics.dead_lettered,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                d.tracker.ack(d.offset);
-            }
-            Err((e, _)) => {
-                self.metrics.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    partition = d.tracker.partition,
-                    offset = d.offset,
-                    attempt = d.attempts,
-                    "delivery failed, will retry: {e}"
-                );
-                // If the sink thread is gone we are shutting down: the offset stays uncommitted
-                // and the record is processed again after restart.
-                let _ = self.retry.send(d);
-            }
-        }
-    }
+/// Which delivery guarantee the worker gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guarantee {
+    /// Every input gets its output at least once (duplicates possible after a crash or a
+    /// rebalance); offsets are committed once outputs are acknowledged.
+    AtLeastOnce,
+    /// Outputs and input offsets commit in one transaction per partition: a read_committed
+    /// reader sees each input's output exactly once.
+    ExactlyOnce,
 }
 
 /// Where outputs go and how they are stamped.
+#[derive(Clone)]
 pub struct SinkConfig {
     pub output_topic: String,
     pub dlq_topic: String,
@@ -107,39 +58,216 @@ pub struct SinkConfig {
     /// True: prediction for input partition p goes to output partition p. False: by key hash.
     pub same_partition: bool,
     pub model_version: String,
+    pub guarantee: Guarantee,
+    /// The producer's librdkafka configuration (bootstrap servers, security, user properties).
+    pub client: ClientConfig,
+    /// Exactly-once: `transactional.id` = `<prefix>-<input topic>-<partition>`.
+    pub transactional_id_prefix: String,
+    /// Dead-letter values longer than this are cut to it (the dead-letter topic's size limit
+    /// minus room for key and headers).
+    pub dlq_max_value_bytes: usize,
+    /// Bound on transactional calls (init, commit, abort).
+    pub transaction_timeout: Duration,
 }
 
-/// Shared handle to the producer; cheap to clone into the source threads (for dead letters).
-#[derive(Clone)]
+type LaneProducer = ThreadedProducer<SinkContext>;
+
+/// One lane as the sink sees it: its producer and the order in which its chunks go out.
+struct SinkLane {
+    lane: Arc<Lane>,
+    producer: Arc<LaneProducer>,
+    order: Mutex<Order>,
+}
+
+#[derive(Default)]
+struct Order {
+    /// The next chunk (by `seq`) to produce.
+    next: u64,
+    /// Scored chunks waiting for an earlier one of the same lane.
+    parked: BTreeMap<u64, Scored>,
+}
+
+/// The producing side of the worker.
 pub struct Sink {
-    producer: Arc<ThreadedProducer<SinkContext>>,
     cfg: Arc<SinkConfig>,
+    /// At-least-once: the one producer every lane shares.
+    shared: Option<Arc<LaneProducer>>,
+    lanes: RwLock<HashMap<u64, Arc<SinkLane>>>,
+    metrics: Arc<Metrics>,
+    dlq_cap: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+}
+
+/// A produced chunk's acknowledgement state, shared by its records' delivery reports.
+pub struct ChunkDelivery {
+    lane: Arc<Lane>,
+    first: i64,
+    outstanding: AtomicUsize,
+    failed: AtomicBool,
+    produced_at: Instant,
+    predictions: u64,
+    dead_letters: u64,
+    timestamps: Vec<i64>,
+}
+
+/// Producer callbacks: delivery acknowledgements and client errors.
+pub struct SinkContext {
+    metrics: Arc<Metrics>,
+    dlq_topic: String,
+    dlq_cap: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+    /// Exactly-once: the lane this producer belongs to (its fatal errors end only that lane).
+    lane: Option<Arc<Lane>>,
+}
+
+/// The smallest a dead-letter value is cut to after the broker rejected one as too large.
+const DLQ_MIN_VALUE_BYTES: usize = 1024;
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.client_errors_total.inc();
+        let fatal = matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal));
+        match (&self.lane, fatal) {
+            (Some(lane), true) => {
+                let kind = if reason.contains("fenced") || reason.contains("Fenced") {
+                    FailureKind::Fenced
+                } else {
+                    FailureKind::Other
+                };
+                lane.fail(kind, format!("producer fatal error: {reason}"));
+            }
+            (None, true) => self
+                .shutdown
+                .fail(format!("producer fatal error: {error}: {reason}")),
+            _ => tracing::warn!("kafka producer: {error}: {reason}"),
+        }
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Arc<ChunkDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Arc<ChunkDelivery>) {
+        if let Err((e, msg)) = result {
+            self.failed(&d, e, msg.topic(), msg.payload_len());
+        }
+        self.done(&d, 1);
+    }
+}
+
+impl SinkContext {
+    /// An output of chunk `d` was not accepted: fail its lane (which rewinds).
+    fn failed(&self, d: &ChunkDelivery, e: &KafkaError, topic: &str, size: usize) {
+        self.metrics.delivery_errors_total.inc();
+        d.failed.store(true, Ordering::Release);
+        let too_large = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        );
+        let kind = if too_large && topic == self.dlq_topic {
+            // Shrink dead letters so the rewound attempt fits.
+            self.dlq_cap
+                .fetch_min(DLQ_MIN_VALUE_BYTES, Ordering::AcqRel);
+            FailureKind::DeadLetterTooLarge { size }
+        } else if matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        ) {
+            FailureKind::Fenced
+        } else {
+            FailureKind::Other
+        };
+        if d.lane.is_running() {
+            tracing::warn!(
+                partition = d.lane.partition,
+                chunk_first_offset = d.first,
+                topic,
+                "output not accepted: {e}"
+            );
+        }
+        d.lane
+            .fail(kind, format!("output to {topic} not accepted: {e}"));
+    }
+
+    /// `n` outputs of chunk `d` are settled; after the last one the chunk is acknowledged
+    /// (or, if any failed, left for the rewind to re-process).
+    fn done(&self, d: &ChunkDelivery, n: usize) {
+        if d.outstanding.fetch_sub(n, Ordering::AcqRel) != n {
+            return;
+        }
+        if d.failed.load(Ordering::Acquire) {
+            return;
+        }
+        d.lane.tracker.ack(d.first);
+        self.metrics.predicted_total.inc_by(d.predictions);
+        self.metrics.dead_lettered_total.inc_by(d.dead_letters);
+        self.metrics
+            .record(Stage::ProduceAck, d.produced_at.elapsed());
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        self.metrics
+            .record_end_to_end(d.timestamps.iter().copied(), now_ms);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Sink {
-    /// Creates the producer. Also returns the channel on which failed deliveries come back.
-    pub fn new(
-        client: &ClientConfig,
-        cfg: SinkConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Sink, Receiver<Box<Delivery>>)> {
-        let (retry_tx, retry_rx) = crossbeam_channel::unbounded();
-        let producer = client.create_with_context(SinkContext {
+    /// Creates the sink (and, at-least-once, its one producer).
+    pub fn new(cfg: SinkConfig, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Sink> {
+        let dlq_cap = Arc::new(AtomicUsize::new(cfg.dlq_max_value_bytes));
+        let mut sink = Sink {
+            cfg: Arc::new(cfg),
+            shared: None,
+            lanes: RwLock::new(HashMap::new()),
             metrics,
-            retry: retry_tx,
-        })?;
-        Ok((
-            Sink {
-                producer: Arc::new(producer),
-                cfg: Arc::new(cfg),
-            },
-            retry_rx,
-        ))
+            dlq_cap,
+            shutdown,
+        };
+        if sink.cfg.guarantee == Guarantee::AtLeastOnce {
+            sink.shared = Some(Arc::new(sink.producer(&sink.cfg.client, None)?));
+        }
+        Ok(sink)
     }
 
-    fn source_headers(&self, partition: i32, offset: i64) -> OwnedHeaders {
-        let (p, o) = (partition.to_string(), offset.to_string());
-        OwnedHeaders::new_with_capacity(4)
+    fn producer(&self, client: &ClientConfig, lane: Option<Arc<Lane>>) -> Result<LaneProducer> {
+        Ok(client.create_with_context(SinkContext {
+            metrics: self.metrics.clone(),
+            dlq_topic: self.cfg.dlq_topic.clone(),
+            dlq_cap: self.dlq_cap.clone(),
+            shutdown: self.shutdown.clone(),
+            lane,
+        })?)
+    }
+
+    /// The `transactional.id` of an input partition's producer.
+    pub fn transactional_id(&self, topic: &str, partition: i32) -> String {
+        format!("{}-{topic}-{partition}", self.cfg.transactional_id_prefix)
+    }
+
+    fn lane(&self, id: u64) -> Option<Arc<SinkLane>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Waits up to `timeout` for every queued record to be delivered (or to fail).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        if let Some(p) = &self.shared {
+            p.flush(timeout)?;
+        }
+        Ok(())
+    }
+
+    fn headers(&self, partition: i32, offset: i64) -> OwnedHeaders {
+        let mut p = itoa::Buffer::new();
+        let mut o = itoa::Buffer::new();
+        OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: "model-version",
                 value: Some(self.cfg.model_version.as_bytes()),
@@ -150,151 +278,308 @@ impl Sink {
             })
             .insert(Header {
                 key: "source-partition",
-                value: Some(p.as_bytes()),
+                value: Some(p.format(partition).as_bytes()),
             })
             .insert(Header {
                 key: "source-offset",
-                value: Some(o.as_bytes()),
+                value: Some(o.format(offset).as_bytes()),
             })
     }
 
-    /// Produces the prediction for the record from `origin`.
-    pub fn predict(&self, origin: Origin, score: f32) {
-        let mut payload = Vec::with_capacity(24);
-        encode_score(score, &mut payload);
-        let headers = self.source_headers(origin.tracker.partition, origin.offset);
-        let partition = self.cfg.same_partition.then_some(origin.tracker.partition);
-        self.produce_output(origin, Kind::Prediction, partition, payload.into(), headers);
-    }
-
-    /// Produces a dead letter: the original key and value, with headers naming the reason and
-    /// the source topic / partition / offset.
-    pub fn dead_letter(&self, origin: Origin, code: &str, reason: &str) {
-        let (partition, offset) = (origin.tracker.partition, origin.offset);
-        tracing::debug!(partition, offset, code, "dead letter: {reason}");
-        let headers = self
-            .source_headers(partition, offset)
-            .insert(Header {
-                key: "dlq-reason",
-                value: Some(code.as_bytes()),
-            })
-            .insert(Header {
-                key: "dlq-error",
-                value: Some(reason.as_bytes()),
-            });
-        let value = origin.value.clone();
-        self.produce_output(origin, Kind::DeadLetter, None, value, headers);
-    }
-
-    /// The output for the record from `origin`: its key and timestamp, acknowledged into its
-    /// partition's tracker.
-    fn produce_output(
-        &self,
-        origin: Origin,
-        kind: Kind,
-        partition: Option<i32>,
-        payload: Arc<[u8]>,
-        headers: OwnedHeaders,
-    ) {
-        self.produce(Box::new(Delivery {
-            tracker: origin.tracker,
-            offset: origin.offset,
-            kind,
-            partition,
-            key: origin.key,
-            payload,
-            headers,
-            timestamp: origin.timestamp,
-            produced_at: Instant::now(),
-            attempts: 0,
-        }));
-    }
-
-    /// Hands a record to librdkafka, waiting while its queue is full (backpressure).
-    pub fn produce(&self, mut d: Box<Delivery>) {
-        d.attempts += 1;
-        let topic = match d.kind {
-            Kind::Prediction => self.cfg.output_topic.as_str(),
-            Kind::DeadLetter => self.cfg.dlq_topic.as_str(),
+    /// Produces one scored chunk's outputs, in record order. Returns without producing if the
+    /// lane stopped running (its records will be re-processed from the last commit).
+    fn produce_chunk(&self, sl: &SinkLane, scored: Scored) {
+        let Scored { chunk, scores } = scored;
+        let lane = &chunk.lane;
+        let Some(first) = chunk.first_offset() else {
+            return;
         };
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let key = d.key.clone();
-            let payload = d.payload.clone();
-            let rec = BaseRecord {
-                topic,
-                partition: d.partition,
-                payload: Some(&payload[..]),
-                key: key.as_deref(),
-                timestamp: d.timestamp,
-                headers: Some(d.headers.clone()),
-                delivery_opaque: d,
+        if !lane.is_running() {
+            return;
+        }
+        // What each record becomes: a score, or a dead letter with its reason.
+        let mut scores = scores.into_iter();
+        let outcomes: Vec<std::result::Result<f32, (&str, String)>> = chunk
+            .records
+            .iter()
+            .map(|r| match &r.body {
+                Body::Tweet { .. } => match scores.next() {
+                    Some(Ok(s)) => Ok(s),
+                    Some(Err(reason)) => Err(("inference_failed", reason)),
+                    None => Err(("inference_failed", "no score was produced".to_string())),
+                },
+                Body::Invalid(e) => Err((e.code(), e.to_string())),
+            })
+            .collect();
+        let n = outcomes.len();
+        let predictions = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+        let delivery = Arc::new(ChunkDelivery {
+            lane: lane.clone(),
+            first,
+            outstanding: AtomicUsize::new(n),
+            failed: AtomicBool::new(false),
+            produced_at: Instant::now(),
+            predictions,
+            dead_letters: n as u64 - predictions,
+            timestamps: chunk.records.iter().filter_map(|r| r.timestamp).collect(),
+        });
+        let ctx = sl.producer.context();
+        for (i, (r, outcome)) in chunk.records.iter().zip(outcomes).enumerate() {
+            let key = chunk.key(r);
+            let headers = self.headers(lane.partition, r.offset);
+            let mut payload = [0u8; 128];
+            let sent = match &outcome {
+                Ok(score) => {
+                    let len = encode_score(*score, &mut payload);
+                    self.send(
+                        sl,
+                        &self.cfg.output_topic,
+                        self.cfg.same_partition.then_some(lane.partition),
+                        key,
+                        Some(&payload[..len]),
+                        r.timestamp,
+                        headers,
+                        &delivery,
+                    )
+                }
+                Err((code, reason)) => {
+                    let value = chunk.value(r);
+                    let cap = self.dlq_cap.load(Ordering::Acquire);
+                    let mut headers = headers
+                        .insert(Header {
+                            key: "dlq-reason",
+                            value: Some(code.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "dlq-error",
+                            value: Some(reason.as_bytes()),
+                        });
+                    let value = match value {
+                        Some(v) if v.len() > cap => {
+                            self.metrics.dead_letters_truncated_total.inc();
+                            let mut size = itoa::Buffer::new();
+                            headers = headers.insert(Header {
+                                key: "dlq-original-size",
+                                value: Some(size.format(v.len()).as_bytes()),
+                            });
+                            Some(&v[..cap])
+                        }
+                        v => v,
+                    };
+                    tracing::debug!(
+                        partition = lane.partition,
+                        offset = r.offset,
+                        code,
+                        "dead letter: {reason}"
+                    );
+                    self.send(
+                        sl,
+                        &self.cfg.dlq_topic,
+                        None,
+                        key,
+                        value,
+                        r.timestamp,
+                        headers,
+                        &delivery,
+                    )
+                }
             };
-            match self.producer.send(rec) {
-                Ok(()) => return,
-                Err((e, rec)) => {
-                    d = rec.delivery_opaque;
-                    if !matches!(
-                        e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        self.producer
-                            .context()
-                            .metrics
-                            .delivery_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(topic, offset = d.offset, "cannot produce, retrying: {e}");
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+            if let Err((e, topic)) = sent {
+                // Not handed to librdkafka: this record and the rest of the chunk never will
+                // be. Fail the lane and settle the unsent outputs at once.
+                ctx.failed(&delivery, &e, topic, 0);
+                ctx.done(&delivery, n - i);
+                return;
+            }
+        }
+    }
+
+    /// Hands one record to the lane's producer, waiting (boundedly, while the lane runs and
+    /// no forced stop happens) while librdkafka's queue is full. Any other error is returned:
+    /// errors on delivery are librdkafka's to retry (the producer is idempotent), so an error
+    /// here is permanent for this record (too large for `message.max.bytes`, unknown topic, …).
+    #[allow(clippy::too_many_arguments)]
+    fn send<'t>(
+        &self,
+        sl: &SinkLane,
+        topic: &'t str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp: Option<i64>,
+        headers: OwnedHeaders,
+        delivery: &Arc<ChunkDelivery>,
+    ) -> std::result::Result<(), (KafkaError, &'t str)> {
+        let mut rec = BaseRecord {
+            topic,
+            partition,
+            payload,
+            key,
+            timestamp,
+            headers: Some(headers),
+            delivery_opaque: delivery.clone(),
+        };
+        loop {
+            match sl.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if !sl.lane.is_running() {
+                        return Err((
+                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                            topic,
+                        ));
                     }
-                    // The producer's own thread drains the queue; wait for room.
-                    std::thread::sleep(backoff);
+                    rec = back;
+                    // The producer's own thread drains the queue (deliveries or, at worst,
+                    // message.timeout.ms expiries): the wait is bounded by librdkafka.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
+                Err((e, _)) => return Err((e, topic)),
             }
         }
     }
 
-    /// Waits up to `timeout` for every queued record to be delivered (or to fail).
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
+    fn begin(&self, producer: &LaneProducer, lane: &Lane) -> Result<(), String> {
+        producer
+            .begin_transaction()
+            .map_err(|e| format!("partition {}: begin transaction: {e}", lane.partition))
     }
 }
 
-/// A batch after inference: one result per item, in order.
-pub struct Scored {
-    pub batch: Batch,
-    pub results: Vec<std::result::Result<f32, String>>,
-}
+impl Output for Sink {
+    fn open(&self, lane: &Arc<Lane>) -> std::result::Result<(), String> {
+        let producer = match &self.shared {
+            Some(p) => p.clone(),
+            None => {
+                let mut client = self.cfg.client.clone();
+                let id = self.transactional_id(&lane.topic, lane.partition);
+                client.set("transactional.id", &id);
+                let p = self
+                    .producer(&client, Some(lane.clone()))
+                    .map_err(|e| e.to_string())?;
+                // Fences every earlier producer with this id (an earlier owner of the partition,
+                // or this instance's own previous lane) and aborts what it left open.
+                p.init_transactions(self.cfg.transaction_timeout)
+                    .map_err(|e| format!("init transactions for {id}: {e}"))?;
+                self.begin(&p, lane)?;
+                Arc::new(p)
+            }
+        };
+        let sl = Arc::new(SinkLane {
+            lane: lane.clone(),
+            producer,
+            order: Mutex::new(Order::default()),
+        });
+        self.lanes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lane.id, sl);
+        Ok(())
+    }
 
-/// The sink thread: restores batch order after parallel inference and produces each result.
-/// Returns when the inference side is finished and every batch has been produced.
-pub fn run(done: Receiver<Scored>, retries: Receiver<Box<Delivery>>, sink: Sink) {
-    let mut waiting: BTreeMap<u64, Scored> = BTreeMap::new();
-    let mut next = 0u64;
-    let mut done_open = true;
-    while done_open || !waiting.is_empty() {
-        select! {
-            recv(done) -> msg => match msg {
-                Ok(s) => { waiting.insert(s.batch.seq, s); }
-                Err(_) => {
-                    done_open = false;
-                    // Sequence numbers are contiguous, so anything left can go out in order.
-                    if let Some(first) = waiting.keys().next() { next = next.max(*first); }
-                }
-            },
-            recv(retries) -> d => if let Ok(d) = d { sink.produce(d) },
+    fn emit(&self, scored: Scored) {
+        let Some(sl) = self.lane(scored.chunk.lane.id) else {
+            return; // the lane was closed: its records will be re-processed
+        };
+        let mut order = lock(&sl.order);
+        let seq = scored.chunk.seq;
+        if seq != order.next {
+            if seq > order.next {
+                order.parked.insert(seq, scored);
+            }
+            return;
         }
-        while let Some(scored) = waiting.remove(&next) {
-            next += 1;
-            for (item, result) in scored.batch.items.into_iter().zip(scored.results) {
-                match result {
-                    Ok(score) => sink.predict(item.origin, score),
-                    Err(reason) => sink.dead_letter(item.origin, "inference_failed", &reason),
+        let mut next = Some(scored);
+        while let Some(s) = next {
+            let seq = s.chunk.seq;
+            self.produce_chunk(&sl, s);
+            sl.lane.mark_emitted(seq);
+            order.next = seq + 1;
+            let n = order.next;
+            next = order.parked.remove(&n);
+        }
+    }
+
+    fn commit(
+        &self,
+        lane: &Lane,
+        position: i64,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        let Some(sl) = self.lane(lane.id) else {
+            return Err("lane closed".into());
+        };
+        if self.shared.is_some() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&lane.topic, lane.partition, Offset::Offset(position))
+            .map_err(|e| e.to_string())?;
+        let describe = |what: &str, e: KafkaError| {
+            let fenced = matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            );
+            format!(
+                "partition {}: {what}: {e}{}",
+                lane.partition,
+                if fenced { " (fenced)" } else { "" }
+            )
+        };
+        sl.producer
+            .send_offsets_to_transaction(&offsets, group, timeout)
+            .map_err(|e| describe("send offsets to transaction", e))?;
+        sl.producer
+            .commit_transaction(timeout)
+            .map_err(|e| describe("commit transaction", e))?;
+        self.metrics.transactions_committed_total.inc();
+        self.begin(&sl.producer, lane)
+    }
+
+    fn close(&self, lane: &Lane, timeout: Duration) {
+        let removed = self
+            .lanes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lane.id);
+        let Some(sl) = removed else { return };
+        lock(&sl.order).parked.clear();
+        if self.shared.is_none() {
+            // Exactly-once: whatever this lane's open transaction holds is discarded.
+            match sl.producer.abort_transaction(timeout) {
+                Ok(()) => {
+                    self.metrics.transactions_aborted_total.inc();
                 }
+                Err(e) => tracing::debug!(partition = lane.partition, "abort transaction: {e}"),
             }
         }
     }
-    // Late delivery failures during shutdown: retry those that are already here.
-    while let Ok(d) = retries.try_recv() {
-        sink.produce(d);
+
+    fn transactional(&self) -> bool {
+        self.shared.is_none()
     }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("guarantee", &self.cfg.guarantee)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Kafka's own default `message.max.bytes` for producers and topics.
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// The largest dead-letter value that fits a record of at most `max_message_bytes`, leaving
+/// room for the key, the headers and the record batch's own overhead.
+pub fn dlq_value_limit(max_message_bytes: usize) -> usize {
+    // Headers: 7 names and values (the error text is capped by its sources at ~200 bytes),
+    // the record batch header (61 bytes) and record framing; a key is a tweet id.
+    const ROOM: usize = 4096;
+    max_message_bytes
+        .saturating_sub(ROOM)
+        .max(DLQ_MIN_VALUE_BYTES)
 }

@@ -1,35 +1,40 @@
-//! `kafka-infer run`: the streaming worker, wired together.
+//! `kafka-infer run`: the streaming worker, wired together, and its coordinator loop.
 //!
 //! ```text
-//!  partition threads ──► bounded channel ──► batcher ──► inference threads ──► sink (reorder)
-//!  (1 per partition:      (backpressure)     (size /     (1 tract session      ──► producer ──►
-//!   poll, decode,                             time /      each, prefetch-one)      delivery ack
-//!   tokenize; bad                             tokens)                                  │
-//!   records → DLQ)                                                                     ▼
-//!        ▲                                                                   commit tracking
-//!  main thread: polls the consumer (rebalances, errors), commits periodically, logs stats
+//!  partition threads ──► bounded channel ──► batcher ──► inference threads ──► sink ──► Kafka
+//!  (1 per partition:      (chunks;            (size /     (1 model state      (per-partition
+//!   poll, decode,          backpressure,      time /       each; they         order; the one
+//!   tokenize, chunk)       byte budget)       tokens)      produce)           producer path)
+//!        ▲                                                                        │ acks
+//!  main thread: polls the consumer (rebalances run here), commits, health   ◄─ commit tracking
 //! ```
 //!
-//! Shutdown (signal or [`Shutdown::request`]): stop fetching, let queued tweets finish, wait for
-//! their deliveries (bounded by the drain timeout), commit synchronously, close, return.
+//! Stopping (signal, [`Shutdown::request`], or a fatal error): stop fetching, let every partition
+//! finish what it consumed (bounded by the drain timeout), commit it, then wind the pipeline
+//! down. The summary says how many consumed records were left undelivered (they will be
+//! re-processed) and why the worker stopped, so the binary can exit non-zero.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::batcher::{self, Batch, BatchPolicy};
+use crate::batcher::{self, BatchPolicy};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::metrics::{Metrics, Stage};
+use crate::infer;
+use crate::metrics::Metrics;
 use crate::model::Classifier;
+use crate::pipeline::{Batch, Budget, Chunk, Output};
 use crate::shutdown::Shutdown;
-use crate::sink::{self, Scored, Sink, SinkConfig};
-use crate::source::{self, SourceConsumer, SourceContext, SourceShared};
+use crate::sink::{self, Guarantee, Sink, SinkConfig};
+use crate::source::{self, Source, SourceConfig, SourceConsumer, SourceShared};
 
 /// Everything `run` needs; built from the command line (or by the demo).
 #[derive(Debug, Clone)]
@@ -40,27 +45,82 @@ pub struct WorkerConfig {
     pub output_topic: String,
     pub dlq_topic: String,
     pub policy: BatchPolicy,
+    /// Chunks between the partition threads and the batcher.
     pub channel_capacity: usize,
     pub inference_threads: usize,
     pub commit_interval: Duration,
     pub drain_timeout: Duration,
     pub max_text_bytes: usize,
+    /// Bound on the bytes held by consumed records not yet produced.
+    pub max_in_flight_bytes: usize,
     /// `None`: no HTTP endpoint.
-    pub metrics_addr: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
     pub log_interval: Duration,
     pub startup_timeout: Duration,
     /// librdkafka properties (`-X key=value`). A `consumer.` or `producer.` prefix applies a
     /// property to that client only; otherwise it applies to both.
     pub client_properties: Vec<(String, String)>,
+    pub guarantee: Guarantee,
+    /// Exactly-once: prefix of each partition's `transactional.id` (default: the group id).
+    pub transactional_id_prefix: Option<String>,
+    /// Exactly-once: how long a transaction stays open.
+    pub transaction_interval: Duration,
+    /// Rewinds of a partition in a row without progress before the worker gives up.
+    pub max_rewinds: u32,
+    /// `/healthz` fails when a partition has records in flight and no acknowledgement for this long.
+    pub stall_timeout: Duration,
 }
 
-/// Totals when the worker stops.
-#[derive(Debug, Clone, Copy)]
+/// Totals and outcome when the worker stops.
+#[derive(Debug, Clone)]
 pub struct RunSummary {
     pub consumed: u64,
     pub predicted: u64,
     pub dead_lettered: u64,
+    /// Consumed records whose outputs were not delivered and committed before the worker
+    /// stopped: they will be processed again after a restart.
+    pub undelivered: usize,
+    /// Why the worker stopped, if it was not asked to.
+    pub fatal: Option<String>,
     pub elapsed: Duration,
+}
+
+/// librdkafka properties the worker's guarantees rest on: set by the worker, never by `-X`.
+const RESERVED: [(&str, &str); 8] = [
+    ("bootstrap.servers", "use --brokers"),
+    ("group.id", "use --group-id"),
+    ("transactional.id", "use --transactional-id-prefix"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only once outputs are acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only once outputs are acknowledged",
+    ),
+    (
+        "isolation.level",
+        "the worker reads only committed records (read_committed)",
+    ),
+    ("enable.idempotence", "the producer is always idempotent"),
+    (
+        "acks",
+        "outputs are acknowledged by all in-sync replicas (acks=all)",
+    ),
+];
+
+/// Rejects `-X` properties that would silently override a flag or a guarantee.
+pub fn check_properties(props: &[(String, String)]) -> Result<()> {
+    for (k, _) in props {
+        let bare = k
+            .strip_prefix("consumer.")
+            .or_else(|| k.strip_prefix("producer."))
+            .unwrap_or(k);
+        if let Some((_, why)) = RESERVED.iter().find(|(r, _)| *r == bare) {
+            return Err(Error::Config(format!("-X {k} is not allowed: {why}")));
+        }
+    }
+    Ok(())
 }
 
 fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
@@ -72,9 +132,13 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // Low-latency fetches: a broker that holds a waiting fetch until this expires (tansu)
-        // would otherwise add up to 500 ms per hop. Apache Kafka answers earlier when data come.
-        .set("fetch.wait.max.ms", "10")
+        // Records of aborted upstream transactions are never scored (in both modes).
+        .set("isolation.level", "read_committed")
+        // librdkafka's default fetch.wait.max.ms (500 ms) is kept on purpose: Apache Kafka
+        // answers a waiting fetch as soon as fetch.min.bytes (1 byte) of data arrive, so the
+        // wait only bounds idle polling. (A low value was a workaround for tansu, which answered
+        // only when the wait expired.)
+        //
         // Statistics carry per-partition consumer lag for /metrics.
         .set("statistics.interval.ms", "5000");
     let mut producer = ClientConfig::new();
@@ -99,37 +163,69 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
     (consumer, producer)
 }
 
+/// The start-up probe's context: its connection errors are reported as the one start-up error
+/// line, not also as librdkafka log lines.
+struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
+/// A property as configured (or librdkafka's default), parsed as a number.
+fn number(client: &ClientConfig, key: &str, default: u64) -> u64 {
+    client
+        .get(key)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 /// Partition count of `topic`, or a one-line error naming what is wrong.
 fn partition_count(
-    producer: &BaseProducer,
+    probe: &BaseConsumer<QuietContext>,
     brokers: &str,
     topic: &str,
     what: &str,
     timeout: Duration,
 ) -> Result<usize> {
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot reach Kafka at {brokers} within {timeout:?}: {e}"
-            ))
-        })?;
+    let md = probe.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        Error::Config(format!(
+            "cannot reach Kafka at {brokers} within {timeout:?}: {e}"
+        ))
+    })?;
+    let missing = || {
+        Error::Config(format!(
+            "{what} topic '{topic}' does not exist on {brokers}"
+        ))
+    };
     let t = md
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{what} topic '{topic}' does not exist on {brokers}"
-            ))
-        })?;
+        .ok_or_else(missing)?;
     if t.error().is_some() || t.partitions().is_empty() {
-        return Err(Error::Config(format!(
-            "{what} topic '{topic}' does not exist on {brokers}"
-        )));
+        return Err(missing());
     }
     Ok(t.partitions().len())
+}
+
+/// The topic's `max.message.bytes`, if the broker tells (it needs DescribeConfigs rights).
+fn topic_max_message_bytes(client: &ClientConfig, topic: &str, timeout: Duration) -> Option<usize> {
+    let admin: AdminClient<DefaultClientContext> = client.create().ok()?;
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results = futures_executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    resource
+        .get("max.message.bytes")?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>> {
@@ -139,7 +235,8 @@ fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()
         .map_err(|e| Error::io(name, e))
 }
 
-/// Runs the worker until `shutdown` is requested; then drains, commits and returns.
+/// Runs the worker until `shutdown` is requested (or something fatal happens); then drains,
+/// commits and returns a summary.
 pub fn run(
     cfg: &WorkerConfig,
     classifier: Classifier,
@@ -152,31 +249,76 @@ pub fn run(
             "channel capacity, batch size and inference threads must be ≥ 1".into(),
         ));
     }
+    check_properties(&cfg.client_properties)?;
     let (consumer_cfg, producer_cfg) = client_configs(cfg);
+    let commit_timeout = Duration::from_secs(5);
+    // The rebalance callback drains revoked partitions; it must end well before the group
+    // coordinator gives up on this member (max.poll.interval.ms), or the drain is for nothing.
+    let max_poll = Duration::from_millis(number(&consumer_cfg, "max.poll.interval.ms", 300_000));
+    let rendezvous = cfg.drain_timeout + commit_timeout + Duration::from_secs(3);
+    if rendezvous >= max_poll {
+        return Err(Error::Config(format!(
+            "--drain-timeout-ms ({} ms) + commit and join bounds ({} ms) must stay below max.poll.interval.ms ({} ms): lower the drain timeout or raise -X consumer.max.poll.interval.ms",
+            cfg.drain_timeout.as_millis(),
+            (rendezvous - cfg.drain_timeout).as_millis(),
+            max_poll.as_millis()
+        )));
+    }
+    if cfg.guarantee == Guarantee::ExactlyOnce {
+        let txn_timeout = number(&producer_cfg, "transaction.timeout.ms", 60_000);
+        if cfg.transaction_interval + cfg.drain_timeout >= Duration::from_millis(txn_timeout) {
+            return Err(Error::Config(format!(
+                "--transaction-interval-ms + --drain-timeout-ms must stay below the producer's transaction.timeout.ms ({txn_timeout} ms)"
+            )));
+        }
+    }
 
     // Check the broker and the topics first, with a bounded wait, so a wrong address or a
-    // missing topic is one clear error instead of a worker that silently waits.
-    let probe: BaseProducer = producer_cfg.create()?;
+    // missing topic is one clear error instead of a worker that silently waits. The probe is a
+    // consumer: its metadata requests never auto-create a mistyped topic.
+    let mut probe_cfg = consumer_cfg.clone();
+    probe_cfg.set("allow.auto.create.topics", "false");
+    let probe: BaseConsumer<QuietContext> = probe_cfg.create_with_context(QuietContext)?;
     let t = cfg.startup_timeout;
     let inputs = partition_count(&probe, &cfg.brokers, &cfg.input_topic, "input", t)?;
     let outputs = partition_count(&probe, &cfg.brokers, &cfg.output_topic, "output", t)?;
     partition_count(&probe, &cfg.brokers, &cfg.dlq_topic, "dead-letter", t)?;
     drop(probe);
     let same_partition = outputs >= inputs;
-    let sink_cfg = SinkConfig {
-        output_topic: cfg.output_topic.clone(),
-        dlq_topic: cfg.dlq_topic.clone(),
-        source_topic: cfg.input_topic.clone(),
-        same_partition,
-        model_version: classifier.version().to_owned(),
-    };
-    let (sink, retries) = Sink::new(&producer_cfg, sink_cfg, metrics.clone())?;
+    let producer_max = number(
+        &producer_cfg,
+        "message.max.bytes",
+        sink::KAFKA_DEFAULT_MAX_MESSAGE_BYTES as u64,
+    ) as usize;
+    let dlq_max = topic_max_message_bytes(&consumer_cfg, &cfg.dlq_topic, t)
+        .unwrap_or(sink::KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+        .min(producer_max);
+    let sink = Arc::new(Sink::new(
+        SinkConfig {
+            output_topic: cfg.output_topic.clone(),
+            dlq_topic: cfg.dlq_topic.clone(),
+            source_topic: cfg.input_topic.clone(),
+            same_partition,
+            model_version: classifier.version().to_owned(),
+            guarantee: cfg.guarantee,
+            client: producer_cfg.clone(),
+            transactional_id_prefix: cfg
+                .transactional_id_prefix
+                .clone()
+                .unwrap_or_else(|| cfg.group_id.clone()),
+            dlq_max_value_bytes: sink::dlq_value_limit(dlq_max),
+            transaction_timeout: Duration::from_secs(30),
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    )?);
     tracing::info!(
         brokers = cfg.brokers,
         input = cfg.input_topic,
         output = cfg.output_topic,
         dlq = cfg.dlq_topic,
         model_version = classifier.version(),
+        guarantee = ?cfg.guarantee,
         routing = if same_partition {
             "same partition"
         } else {
@@ -185,32 +327,30 @@ pub fn run(
         "starting worker ({inputs} input / {outputs} output partitions)"
     );
 
-    let (item_tx, item_rx) = crossbeam_channel::bounded(cfg.channel_capacity);
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(cfg.channel_capacity);
     // Prefetch-one: a closed batch waits here while every inference thread is busy.
     let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Batch>(1);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<Scored>(cfg.inference_threads * 2);
-
     let mut pipeline = Vec::new();
     // Inference threads waiting for a batch: the batcher flushes early while one is idle.
     let idle_threads = Arc::new(AtomicUsize::new(0));
     let (m, policy, idle) = (metrics.clone(), cfg.policy, idle_threads.clone());
     pipeline.push(spawn("batcher", move || {
-        batcher::run(item_rx, batch_tx, policy, &idle, &m)
+        batcher::run(chunk_rx, batch_tx, policy, &idle, &m)
     })?);
-    // Each inference thread builds its own tract state (it is not `Send`) and reports back, so
+    // Each inference thread builds its own model state (it is not `Send`) and reports back, so
     // a model problem fails start-up rather than a thread.
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<()>>(cfg.inference_threads);
     for i in 0..cfg.inference_threads {
-        let (rx, tx, m, c, ready) = (
+        let (rx, out, m, c, ready) = (
             batch_rx.clone(),
-            done_tx.clone(),
+            sink.clone() as Arc<dyn Output>,
             metrics.clone(),
             classifier.clone(),
             ready_tx.clone(),
         );
         let idle = idle_threads.clone();
         pipeline.push(spawn(&format!("inference-{i}"), move || {
-            let mut session = match c.session() {
+            let session = match c.session() {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -219,19 +359,7 @@ pub fn run(
             };
             let _ = ready.send(Ok(()));
             drop(ready);
-            loop {
-                idle.fetch_add(1, Ordering::AcqRel);
-                let next = rx.recv();
-                idle.fetch_sub(1, Ordering::AcqRel);
-                let Ok(batch) = next else { return };
-                let t0 = Instant::now();
-                let ids: Vec<&[i32]> = batch.items.iter().map(|it| it.ids.as_slice()).collect();
-                let results = session.score_each(&ids);
-                m.record(Stage::Inference, t0.elapsed());
-                if tx.send(Scored { batch, results }).is_err() {
-                    return;
-                }
-            }
+            infer::run(session, rx, out, &idle, &m);
         })?);
     }
     drop(ready_tx);
@@ -240,38 +368,43 @@ pub fn run(
             .recv()
             .map_err(|_| Error::Model("an inference thread died at start-up".into()))??;
     }
-    drop((batch_rx, done_tx));
-    let s = sink.clone();
-    pipeline.push(spawn("sink", move || sink::run(done_rx, retries, s))?);
+    drop(batch_rx);
+
+    let budget = Budget::new(cfg.max_in_flight_bytes);
+    let shared = SourceShared {
+        tokenizer: Arc::new(classifier.tokenizer().clone()),
+        output: sink.clone(),
+        metrics: metrics.clone(),
+        budget: budget.clone(),
+        shutdown: shutdown.clone(),
+        cfg: SourceConfig {
+            max_text_bytes: cfg.max_text_bytes,
+            chunk_records: cfg.policy.max_batch,
+            chunk_bytes: 1 << 20,
+            drain_timeout: cfg.drain_timeout,
+            commit_timeout,
+            transaction_interval: cfg.transaction_interval,
+            max_rewinds: cfg.max_rewinds,
+        },
+    };
+    let context = Source::new(shared, chunk_tx);
+    let consumer: Arc<SourceConsumer> = Arc::new(consumer_cfg.create_with_context(context)?);
+    consumer.context().attach(&consumer);
 
     let heartbeat = Arc::new(AtomicU64::new(0));
     let stopping = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = &cfg.metrics_addr {
-        let (hb, st) = (heartbeat.clone(), stopping.clone());
-        let health: http::HealthCheck = Arc::new(move || {
-            let age = started
-                .elapsed()
-                .as_secs()
-                .saturating_sub(hb.load(Ordering::Relaxed));
-            match (st.load(Ordering::Relaxed), age) {
-                (true, _) => Err("shutting down".into()),
-                (false, a) if a > 30 => Err(format!("main loop stalled for {a} s")),
-                _ => Ok(()),
-            }
-        });
+    if let Some(addr) = cfg.metrics_addr {
+        let health = health_check(
+            started,
+            heartbeat.clone(),
+            stopping.clone(),
+            shutdown.clone(),
+            Arc::downgrade(&consumer),
+            cfg.stall_timeout,
+        );
         let bound = http::serve(addr, metrics.clone(), health)?;
         tracing::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
     }
-
-    let shared = SourceShared {
-        tokenizer: Arc::new(classifier.tokenizer().clone()),
-        sink: sink.clone(),
-        metrics: metrics.clone(),
-        max_text_bytes: cfg.max_text_bytes,
-    };
-    let context = SourceContext::new(shared, item_tx, cfg.drain_timeout);
-    let consumer: Arc<SourceConsumer> = Arc::new(consumer_cfg.create_with_context(context)?);
-    consumer.context().attach(&consumer);
     consumer.subscribe(&[&cfg.input_topic])?;
 
     let mut last_commit = Instant::now();
@@ -279,37 +412,54 @@ pub fn run(
     while !shutdown.is_requested() {
         heartbeat.store(started.elapsed().as_secs(), Ordering::Relaxed);
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => consumer.context().handle_main_queue_message(&msg),
-            Some(Err(e)) => tracing::warn!("consumer error: {e}"),
+            // Every assigned partition is read on its own queue, split off before assignment;
+            // a record here would be read outside its partition's order.
+            Some(Ok(msg)) => shutdown.fail(format!(
+                "a record of partition {} arrived outside its partition queue",
+                rdkafka::Message::partition(&msg)
+            )),
+            Some(Err(e)) => {
+                metrics.client_errors_total.inc();
+                tracing::warn!("consumer: {e}");
+            }
             None => {}
         }
+        let lanes = consumer.context().lanes();
         if last_commit.elapsed() >= cfg.commit_interval {
-            source::commit(
-                &consumer,
-                &consumer.context().trackers(),
-                CommitMode::Async,
-                &metrics,
-            );
+            if !sink.transactional() {
+                source::commit_async(&consumer, &lanes, &metrics);
+            }
+            for lane in &lanes {
+                metrics.set_in_flight(lane.partition, lane.tracker.in_flight());
+            }
+            metrics.in_flight_bytes.set(budget.used() as i64);
             last_commit = Instant::now();
         }
         if last_log.elapsed() >= cfg.log_interval {
-            tracing::info!("{}", metrics.summary_line());
+            let rate = metrics.interval_rate();
+            tracing::info!("{} rate={rate:.0}/s", metrics.summary_line());
             last_log = Instant::now();
         }
         if pipeline.iter().any(|h| h.is_finished()) {
-            return Err(Error::Config(
-                "an internal pipeline thread stopped unexpectedly".into(),
-            ));
+            shutdown.fail("an internal pipeline thread stopped unexpectedly");
         }
     }
 
     stopping.store(true, Ordering::Relaxed);
-    tracing::info!("shutdown requested: draining in-flight records");
-    // Stop fetching, wait for what was consumed to be delivered, commit it.
-    consumer.context().revoke(&consumer, None);
+    tracing::info!("stopping: draining what was consumed");
+    // Stop fetching; every partition finishes (bounded) what it consumed, and commits it.
+    let released = consumer.context().revoke(&consumer, None, false);
     consumer.context().close_channel();
+    // The pipeline now runs dry: the batcher ends when the channel is empty and closed, the
+    // inference threads when the batcher is gone. Bounded, like everything on the way out.
+    let deadline = Instant::now() + Duration::from_secs(5);
     for h in pipeline {
-        let _ = h.join();
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
     }
     if let Err(e) = sink.flush(Duration::from_secs(5)) {
         tracing::warn!("producer flush: {e}");
@@ -317,11 +467,57 @@ pub fn run(
     consumer.unsubscribe();
     drop(consumer);
     let summary = RunSummary {
-        consumed: metrics.consumed.load(Ordering::Relaxed),
-        predicted: metrics.predicted.load(Ordering::Relaxed),
-        dead_lettered: metrics.dead_lettered.load(Ordering::Relaxed),
+        consumed: metrics.consumed_total.get(),
+        predicted: metrics.predicted_total.get(),
+        dead_lettered: metrics.dead_lettered_total.get(),
+        undelivered: released.undelivered,
+        fatal: shutdown.fatal(),
         elapsed: started.elapsed(),
     };
-    tracing::info!("stopped: {}", metrics.summary_line());
+    tracing::info!(
+        undelivered = summary.undelivered,
+        "stopped: {}",
+        metrics.summary_line()
+    );
     Ok(summary)
+}
+
+/// `/healthz`: healthy while the main loop runs, nothing fatal happened, and no partition has
+/// records in flight without any acknowledgement for `stall` — the pipeline, not just a thread.
+fn health_check(
+    started: Instant,
+    heartbeat: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
+    shutdown: Shutdown,
+    consumer: std::sync::Weak<SourceConsumer>,
+    stall: Duration,
+) -> http::HealthCheck {
+    Arc::new(move || {
+        if let Some(reason) = shutdown.fatal() {
+            return Err(format!("failed: {reason}"));
+        }
+        if stopping.load(Ordering::Relaxed) || shutdown.is_requested() {
+            return Err("shutting down".into());
+        }
+        let age = started
+            .elapsed()
+            .as_secs()
+            .saturating_sub(heartbeat.load(Ordering::Relaxed));
+        if age > 30 {
+            return Err(format!("main loop stalled for {age} s"));
+        }
+        if let Some(c) = consumer.upgrade() {
+            for lane in c.context().lanes() {
+                if let Some(d) = lane.tracker.stalled_for().filter(|d| *d > stall) {
+                    return Err(format!(
+                        "partition {}: no output acknowledged for {} s with {} records in flight",
+                        lane.partition,
+                        d.as_secs(),
+                        lane.tracker.in_flight()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
 }

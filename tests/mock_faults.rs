@@ -2,12 +2,14 @@
 //! demand, unlike a real broker): the worker runs in-process so its metrics can be watched.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use kafka_infer::batcher::BatchPolicy;
+use kafka_infer::config::{Cli, Command};
 use kafka_infer::metrics::Metrics;
+use kafka_infer::model_files::ModelFiles;
 use kafka_infer::shutdown::Shutdown;
 use kafka_infer::worker::{self, WorkerConfig};
 use kafka_infer::Classifier;
@@ -20,6 +22,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const N: i64 = 30;
+
+/// The worker configuration `kafka-infer run` has with no flags.
+fn defaults() -> WorkerConfig {
+    match Cli::parse_from(["kafka-infer", "run"]).command {
+        Command::Run(args) => args.worker_config(),
+        _ => unreachable!("parsed a run command"),
+    }
+}
 
 fn committed(brokers: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
@@ -71,7 +81,7 @@ fn predicted(brokers: &str) -> BTreeSet<i64> {
 }
 
 #[test]
-fn failed_deliveries_are_retried_and_never_committed_before_they_land() {
+fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_land() {
     let mock = MockCluster::new(1).expect("mock cluster");
     for t in ["in", "out", "dlq"] {
         mock.create_topic(t, 1, 1).expect("topic");
@@ -98,8 +108,7 @@ fn failed_deliveries_are_retried_and_never_committed_before_they_land() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 80],
     );
 
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
-    let classifier = Classifier::load(&model).expect("model");
+    let classifier = Classifier::from_files(&ModelFiles::builtin()).expect("model");
     let cfg = WorkerConfig {
         brokers: brokers.clone(),
         group_id: "faults".into(),
@@ -111,18 +120,14 @@ fn failed_deliveries_are_retried_and_never_committed_before_they_land() {
             max_wait: Duration::from_millis(5),
             max_tokens: 32768,
         },
-        channel_capacity: 64,
-        inference_threads: 1,
-        commit_interval: Duration::from_millis(50),
-        drain_timeout: Duration::from_secs(10),
-        max_text_bytes: 65536,
-        metrics_addr: None,
-        log_interval: Duration::from_secs(60),
-        startup_timeout: Duration::from_secs(10),
         client_properties: vec![
             ("producer.message.timeout.ms".into(), "200".into()),
             ("producer.retry.backoff.ms".into(), "5".into()),
         ],
+        commit_interval: Duration::from_millis(50),
+        inference_threads: 1,
+        max_rewinds: 50,
+        ..defaults()
     };
     let metrics = Arc::new(Metrics::new(classifier.version()));
     let shutdown = Shutdown::new();
@@ -131,7 +136,7 @@ fn failed_deliveries_are_retried_and_never_committed_before_they_land() {
 
     // While deliveries fail: whatever is committed has been delivered.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics.delivery_errors.load(Ordering::Relaxed) == 0 {
+    while metrics.delivery_errors_total.get() == 0 {
         assert!(
             Instant::now() < deadline,
             "no delivery failed: the fault was not injected"
@@ -158,12 +163,15 @@ fn failed_deliveries_are_retried_and_never_committed_before_they_land() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(predicted(&brokers), (0..N).collect::<BTreeSet<_>>());
-    assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(metrics.dead_lettered_total.get(), 0);
     shutdown.request();
     let summary = worker.join().expect("worker thread").expect("worker ran");
-    assert_eq!(summary.consumed, N as u64);
+    assert_eq!(summary.fatal, None);
+    assert_eq!(summary.undelivered, 0);
+    assert!(metrics.rewinds_total.get() > 0);
     eprintln!(
-        "delivery errors retried: {}",
-        metrics.delivery_errors.load(Ordering::Relaxed)
+        "delivery errors: {}, rewinds: {}",
+        metrics.delivery_errors_total.get(),
+        metrics.rewinds_total.get()
     );
 }

@@ -1,5 +1,5 @@
-//! loadgen against the real worker on a real (tansu) broker: every tweet sent comes back
-//! exactly once, and the latency files are written.
+//! loadgen against the real worker on Apache Kafka (started by `scripts/kafka`): every tweet
+//! sent comes back exactly once, and the latency files are written.
 //!
 //! Needs the worker binary next to loadgen's: `cargo test --release --workspace` (or
 //! `cargo build --release -p kafka-infer` before `cargo test --release -p loadgen`).
@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_infer::testkit::{create_topics, unique, Tansu};
+#[path = "../../tests/support/kafka.rs"]
+mod kafka;
+use kafka::{create_topics, unique, Kafka};
 
 /// The worker child process; stopped with SIGTERM (it drains and exits), killed if it does
 /// not exit in time.
@@ -73,13 +75,12 @@ fn every_tweet_comes_back_once_and_latency_files_are_written() {
         worker_bin.display()
     );
 
-    let broker = Tansu::start().expect("start a tansu broker");
-    let bootstrap = broker.bootstrap();
+    let broker = Kafka::start(1);
+    let bootstrap = broker.bootstrap.clone();
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("g"));
-    create_topics(&bootstrap, &[(&input, 3), (&output, 3), (&dlq, 1)]).expect("create topics");
+    create_topics(&bootstrap, &[(&input, 3), (&output, 3), (&dlq, 1)]);
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../model");
     let mut worker = Worker::start(
         &worker_bin,
         &[
@@ -94,12 +95,8 @@ fn every_tweet_comes_back_once_and_latency_files_are_written() {
             &output,
             "--dlq-topic",
             &dlq,
-            "--model-dir",
-            model_dir,
             "--metrics-addr",
             "127.0.0.1:0",
-            "-X",
-            "fetch.wait.max.ms=1",
         ],
         dir.path().join("worker.log"),
     );

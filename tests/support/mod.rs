@@ -1,13 +1,21 @@
-//! Shared pieces of the broker integration tests: a tansu broker per test, the worker as a
-//! child process, and readers for the output, DLQ and committed offsets.
+//! Shared pieces of the broker integration tests: Apache Kafka (one broker per test binary,
+//! unique topics and group per test; clusters for failover tests), the worker as a child
+//! process exactly as users run it, a background load, and readers for the output, dead
+//! letters, committed offsets and the worker's own metrics.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+pub mod kafka;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafka_infer::testkit::{create_topics, send_waiting, unique, Tansu};
+use kafka::{send_waiting, unique, Kafka};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -16,9 +24,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub const PARTITIONS: i32 = 3;
 
+/// How long a test waits for something that should happen in a few seconds.
+pub const WAIT: Duration = Duration::from_secs(120);
+
 /// One test's world: a broker, unique topics and group.
 pub struct World {
-    pub broker: Tansu,
+    pub broker: &'static Kafka,
     pub input: String,
     pub output: String,
     pub dlq: String,
@@ -26,8 +37,13 @@ pub struct World {
 }
 
 impl World {
+    /// A world on the broker shared by this test binary.
     pub fn new() -> World {
-        let broker = Tansu::start().expect("start tansu (is it installed? see README)");
+        Self::on(Kafka::shared(), 1)
+    }
+
+    /// A world on a given broker or cluster.
+    pub fn on(broker: &'static Kafka, replication: i32) -> World {
         let w = World {
             input: unique("in"),
             output: unique("out"),
@@ -35,55 +51,40 @@ impl World {
             group: unique("group"),
             broker,
         };
-        create_topics(
+        kafka::create_topics_with(
             &w.bootstrap(),
             &[(&w.input, PARTITIONS), (&w.output, PARTITIONS), (&w.dlq, 1)],
-        )
-        .expect("create topics");
+            replication,
+            &[],
+        );
         w
     }
 
     pub fn bootstrap(&self) -> String {
-        self.broker.bootstrap()
+        self.broker.bootstrap.clone()
     }
 
-    /// Starts `kafka-infer run` against this world. Logs go to a file (returned).
+    /// Starts `kafka-infer run` against this world. Logs go to a file.
     pub fn start_worker(&self, extra: &[&str]) -> Worker {
-        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("model");
         let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.group, unique("w")));
         let f = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
             .arg("run")
             .args(["--brokers", &self.bootstrap(), "--group-id", &self.group])
-            .args([
-                "--input-topic",
-                &self.input,
-                "--output-topic",
-                &self.output,
-                "--dlq-topic",
-                &self.dlq,
-            ])
-            .arg("--model-dir")
-            .arg(model)
+            .args(["--input-topic", &self.input])
+            .args(["--output-topic", &self.output, "--dlq-topic", &self.dlq])
             .args([
                 "--metrics-addr",
                 "127.0.0.1:0",
                 "--commit-interval-ms",
                 "200",
-                "--log-interval-ms",
-                "1000",
             ])
-            // Low fetch waits: tansu answers a waiting fetch only when it expires. Short session
-            // timeouts: a killed member leaves the group quickly.
-            .args([
-                "-X",
-                "fetch.wait.max.ms=5",
-                "-X",
-                "consumer.session.timeout.ms=6000",
-                "-X",
-                "consumer.heartbeat.interval.ms=500",
-            ])
-            .args(["-X", "consumer.max.poll.interval.ms=10000"])
+            .args(["--log-interval-ms", "1000", "--drain-timeout-ms", "5000"])
+            // Short session timeouts: a killed member leaves the group quickly. The drain
+            // (5 s) plus commit bounds stay below max.poll.interval.ms, as the worker checks.
+            .args(["-X", "consumer.session.timeout.ms=6000"])
+            .args(["-X", "consumer.heartbeat.interval.ms=500"])
+            .args(["-X", "consumer.max.poll.interval.ms=15000"])
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -101,13 +102,25 @@ impl World {
         }
     }
 
-    /// Produces `{"value": text}` records with key `id` to the given partition.
-    pub fn produce(&self, records: &[(i32, String, Vec<u8>)]) {
-        let p: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
+    fn producer(&self, props: &[(&str, &str)]) -> BaseProducer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap())
             .set("linger.ms", "5")
-            .create()
-            .expect("producer");
+            .set("enable.idempotence", "true");
+        for (k, v) in props {
+            c.set(*k, *v);
+        }
+        c.create().expect("producer")
+    }
+
+    /// Produces `{"value": text}` records with key `id` to the given partitions.
+    pub fn produce(&self, records: &[(i32, String, Vec<u8>)]) {
+        self.produce_with(records, &[]);
+    }
+
+    /// Like [`World::produce`], with extra producer properties (e.g. a compression codec).
+    pub fn produce_with(&self, records: &[(i32, String, Vec<u8>)], props: &[(&str, &str)]) {
+        let p = self.producer(props);
         for (partition, key, value) in records {
             let rec = BaseRecord::to(&self.input)
                 .partition(*partition)
@@ -115,23 +128,80 @@ impl World {
                 .payload(value);
             send_waiting(&p, rec).expect("produce input");
         }
-        p.flush(Duration::from_secs(30)).expect("flush input");
+        p.flush(Duration::from_secs(60)).expect("flush input");
     }
 
-    /// Reads every record of `topic` until `want(records)` holds or `timeout`.
-    pub fn read_until(
-        &self,
-        topic: &str,
-        timeout: Duration,
-        want: impl Fn(&[Out]) -> bool,
-    ) -> Vec<Out> {
-        let c: BaseConsumer = ClientConfig::new()
+    /// Produces tweets in the background at about `rate` per second (round robin over the
+    /// partitions, keys "<partition>-<seq>") until [`Feeder::stop`].
+    pub fn feed(&self, rate: u32) -> Feeder {
+        let (bootstrap, input) = (self.bootstrap(), self.input.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let texts = kafka_infer::data::test_tweets();
+        let handle = std::thread::spawn(move || {
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "true")
+                .create()
+                .expect("producer");
+            let mut sent = 0usize;
+            let t0 = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let due = (t0.elapsed().as_secs_f64() * f64::from(rate)) as usize;
+                while sent < due {
+                    let (part, key, value) = tweet(sent, &texts);
+                    let rec = BaseRecord::to(&input)
+                        .partition(part)
+                        .key(&key)
+                        .payload(&value);
+                    send_waiting(&p, rec).expect("produce input");
+                    sent += 1;
+                }
+                p.poll(Duration::from_millis(5));
+            }
+            p.flush(Duration::from_secs(60)).expect("flush input");
+            sent
+        });
+        Feeder {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn reader(&self, isolation: &str) -> BaseConsumer {
+        ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "5")
+            .set("isolation.level", isolation)
             .create()
-            .expect("reader");
+            .expect("reader")
+    }
+
+    /// Reads every record of `topic` (read_uncommitted) from the beginning until `want(records)`
+    /// holds (or `timeout`), then `quiet` longer, so duplicates after the last expected record
+    /// are seen too.
+    pub fn read(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        quiet: Duration,
+        want: impl Fn(&[Out]) -> bool,
+    ) -> Vec<Out> {
+        self.read_isolated(topic, "read_uncommitted", timeout, quiet, want)
+    }
+
+    /// [`World::read`] with an isolation level ("read_committed" hides aborted transactions).
+    pub fn read_isolated(
+        &self,
+        topic: &str,
+        isolation: &str,
+        timeout: Duration,
+        quiet: Duration,
+        want: impl Fn(&[Out]) -> bool,
+    ) -> Vec<Out> {
+        let c = self.reader(isolation);
         let md = c
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
@@ -145,25 +215,26 @@ impl World {
         c.assign(&tpl).expect("assign");
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && !want(&out) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                let mut headers = HashMap::new();
-                if let Some(h) = m.headers() {
-                    for hd in h.iter() {
-                        headers.insert(
-                            hd.key.to_owned(),
-                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                        );
-                    }
+        let mut satisfied: Option<Instant> = None;
+        let mut checked = Instant::now();
+        loop {
+            let now = Instant::now();
+            match satisfied {
+                Some(t) if now >= t + quiet => break,
+                None if now >= deadline => break,
+                _ => {}
+            }
+            let got = c.poll(Duration::from_millis(50));
+            if let Some(Ok(m)) = &got {
+                out.push(Out::from(m));
+            }
+            // `want` may look at every record: ask it when caught up, or now and then.
+            let idle = got.is_none();
+            if satisfied.is_none() && (idle || checked.elapsed() > Duration::from_millis(500)) {
+                checked = Instant::now();
+                if want(&out) {
+                    satisfied = Some(Instant::now());
                 }
-                out.push(Out {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                    headers,
-                });
             }
         }
         out
@@ -192,9 +263,7 @@ impl World {
             })
             .collect()
     }
-}
 
-impl World {
     /// Waits (up to `timeout`) until the group's committed offsets are exactly `want`; panics
     /// with what was committed and `context` otherwise.
     pub fn wait_for_commits(&self, want: &BTreeMap<i32, i64>, timeout: Duration, context: &str) {
@@ -211,14 +280,54 @@ impl World {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// Sets one dynamic config of a topic.
+    pub fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin");
+        let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let res = futures_executor::block_on(admin.alter_configs(&[alter], &opts))
+            .expect("alter configs");
+        for r in res {
+            r.unwrap_or_else(|e| panic!("alter {topic} {key}={value}: {e:?}"));
+        }
+    }
 }
 
-/// `offset` committed on every partition.
-pub fn on_every_partition(offset: i64) -> BTreeMap<i32, i64> {
-    (0..PARTITIONS).map(|p| (p, offset)).collect()
+/// Worker flags that hold every output in the worker's producer for `ms` before it is sent
+/// (librdkafka's `linger.ms`): records then stay in flight — consumed, not acknowledged —
+/// for at least that long, deterministically, while consumption and offset commits go on.
+pub fn hold_outputs(ms: u32) -> [String; 2] {
+    ["-X".into(), format!("producer.linger.ms={ms}")]
 }
 
-/// A record read back from an output topic.
+/// A background load started by [`World::feed`].
+pub struct Feeder {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Feeder {
+    /// Stops sending; returns how many tweets were sent (all acknowledged by the broker).
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("feeder"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Out {
     pub partition: i32,
@@ -230,6 +339,26 @@ pub struct Out {
 }
 
 impl Out {
+    fn from(m: &rdkafka::message::BorrowedMessage<'_>) -> Out {
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for hd in h.iter() {
+                headers.insert(
+                    hd.key.to_owned(),
+                    String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        Out {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+        }
+    }
+
     pub fn score(&self) -> f64 {
         let v: serde_json::Value = serde_json::from_slice(&self.value).expect("output is JSON");
         v["value"][0].as_f64().expect("{\"value\":[score]}")
@@ -265,12 +394,18 @@ impl Worker {
         }
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit code.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its exit code, or None if it is
+    /// still running at `timeout` (it is then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
@@ -283,8 +418,80 @@ impl Worker {
         None
     }
 
+    /// Sends SIGTERM and waits (bounded) for the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `pattern`; the line, or None at `timeout`.
+    pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_text().lines().find(|l| l.contains(pattern)) {
+                return Some(l.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The address of the worker's /metrics, from its start-up log line.
+    fn metrics_url(&self) -> Option<String> {
+        let line = self.wait_for_log("metrics on http://", Duration::from_secs(60))?;
+        let start = line.find("http://")? + "http://".len();
+        let rest = &line[start..];
+        let end = rest.find('/')?;
+        Some(rest[..end].to_owned())
+    }
+
+    /// Scrapes /metrics: each sample's value, summed over labels (by metric name).
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let Some(addr) = self.metrics_url() else {
+            return HashMap::new();
+        };
+        let body = http_get(&addr, "/metrics").unwrap_or_default();
+        let mut out: HashMap<String, f64> = HashMap::new();
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = name.split('{').next().unwrap_or(name);
+            if let Ok(v) = value.parse::<f64>() {
+                *out.entry(name.to_owned()).or_default() += v;
+            }
+        }
+        out
+    }
+
+    /// /healthz: (status code, body).
+    pub fn health(&self) -> Option<(u16, String)> {
+        let addr = self.metrics_url()?;
+        let resp = http_get_full(&addr, "/healthz")?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        Some((code, body))
+    }
+
+    /// Records consumed whose outputs are not acknowledged, from the worker's live counters.
+    pub fn in_flight(&self) -> i64 {
+        let m = self.metrics();
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        (get("kafka_infer_records_consumed_total")
+            - get("kafka_infer_records_predicted_total")
+            - get("kafka_infer_records_dead_lettered_total")) as i64
     }
 }
 
@@ -294,30 +501,122 @@ impl Drop for Worker {
     }
 }
 
+fn http_get_full(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf)
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let resp = http_get_full(addr, path)?;
+    Some(resp.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// Tweet number `i`: (partition, key "<partition>-<seq within partition>", {"value": text}).
+pub fn tweet(i: usize, texts: &[String]) -> (i32, String, Vec<u8>) {
+    let p = (i % PARTITIONS as usize) as i32;
+    let seq = i / PARTITIONS as usize;
+    let value =
+        serde_json::to_vec(&serde_json::json!({ "value": texts[i % texts.len()] })).expect("json");
+    (p, format!("{p}-{seq}"), value)
+}
+
 /// `n` tweets from test.csv as (partition, key, {"value": text}) records spread over the
 /// partitions; key = "<partition>-<sequence within partition>".
 pub fn tweets(n: usize, first_seq: usize) -> Vec<(i32, String, Vec<u8>)> {
     let texts = kafka_infer::data::test_tweets();
     (first_seq..first_seq + n)
+        .map(|i| tweet(i, &texts))
+        .collect()
+}
+
+/// Input offsets (partition, offset) that have an output.
+pub fn predicted(outs: &[Out]) -> HashSet<(i32, i64)> {
+    outs.iter().map(|o| o.source()).collect()
+}
+
+/// The inputs of `n` tweets produced with [`tweets`] / [`World::feed`] on a fresh topic.
+pub fn all_inputs(n: usize) -> HashSet<(i32, i64)> {
+    (0..n)
         .map(|i| {
-            let p = (i % PARTITIONS as usize) as i32;
-            let seq = i / PARTITIONS as usize;
-            let value = serde_json::to_vec(&serde_json::json!({ "value": texts[i % texts.len()] }))
-                .expect("json");
-            (p, format!("{p}-{seq}"), value)
+            (
+                (i % PARTITIONS as usize) as i32,
+                (i / PARTITIONS as usize) as i64,
+            )
         })
         .collect()
 }
 
-/// Asserts predictions of one input partition arrive in input order (by key sequence).
+/// Committed offsets when `n` tweets were produced with [`tweets`] / [`World::feed`].
+pub fn ends(n: usize) -> BTreeMap<i32, i64> {
+    let mut e: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    for (p, _) in all_inputs(n) {
+        *e.entry(p).or_default() += 1;
+    }
+    e
+}
+
+/// Asserts that each input has an output in `outs`.
+pub fn assert_every_input_predicted(inputs: &HashSet<(i32, i64)>, outs: &[Out], logs: &str) {
+    let got = predicted(outs);
+    let mut missing: Vec<_> = inputs.difference(&got).copied().collect();
+    missing.sort_unstable();
+    assert!(
+        missing.is_empty(),
+        "{} inputs without an output, e.g. {:?}\n{logs}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+/// Outputs beyond the first per input.
+pub fn duplicates(outs: &[Out]) -> usize {
+    outs.len() - predicted(outs).len()
+}
+
+/// Asserts that the *first* outputs of each input partition arrive in input order (later
+/// duplicates, from a restart at the last commit, are allowed to repeat earlier offsets).
 pub fn assert_partition_order(outs: &[Out]) {
+    let mut seen: HashSet<(i32, i64)> = HashSet::new();
     let mut last: HashMap<i32, i64> = HashMap::new();
     for o in outs {
         let (p, off) = o.source();
+        if !seen.insert((p, off)) {
+            continue;
+        }
         let prev = last.insert(p, off);
         assert!(
             prev.is_none_or(|x| x < off),
-            "partition {p}: offset {off} after {prev:?}"
+            "partition {p}: first output of offset {off} after that of {prev:?}"
         );
+    }
+}
+
+/// Every input offset below each committed offset has an output.
+pub fn assert_commits_covered(committed: &BTreeMap<i32, i64>, done: &HashSet<(i32, i64)>) {
+    for (p, c) in committed {
+        for off in 0..*c {
+            assert!(
+                done.contains(&(*p, off)),
+                "committed {c} on partition {p} but offset {off} has no output"
+            );
+        }
+    }
+}
+
+/// Waits until `f()` holds (polling), or panics with `what` at `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,0 +1,663 @@
+//! The worker against Apache Kafka (started by `scripts/kafka`), run as a child process exactly
+//! as users run it. One broker per test binary; each test has its own topics and group.
+//!
+//! Conditions are created, not hoped for: "records in flight" means outputs provably not
+//! acknowledged — the worker's producer holds every output for seconds (`linger.ms`) while
+//! consumption and offset commits carry on — and the tests check the worker's own live
+//! counters before acting.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const QUIET: Duration = Duration::from_secs(3);
+
+#[test]
+fn clean_run_predicts_every_tweet_once_in_partition_order_and_commits_to_the_end() {
+    let w = World::new();
+    let n = 600;
+    w.produce(&tweets(n, 0));
+    let mut worker = w.start_worker(&[]);
+    // Read on past the 600th output: a duplicate would show up.
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= n);
+    assert_eq!(outs.len(), n, "worker log:\n{}", worker.log_text());
+    assert_eq!(duplicates(&outs), 0);
+    assert_every_input_predicted(&all_inputs(n), &outs, &worker.log_text());
+
+    for o in &outs {
+        let key = o.key.as_deref().expect("key propagated");
+        assert!(
+            key.starts_with(&format!("{}-", o.partition)),
+            "key {key} landed in partition {}",
+            o.partition
+        );
+        let s = o.score();
+        assert!((0.0..=1.0).contains(&s), "score {s}");
+        assert_eq!(o.headers.get("model-version").map(String::len), Some(12));
+        assert_eq!(o.headers["source-topic"], w.input);
+    }
+    assert_partition_order(&outs);
+
+    // Input timestamps are output timestamps.
+    let ins = w.read(&w.input, WAIT, Duration::ZERO, |i| i.len() >= n);
+    let in_ts: BTreeMap<_, _> = ins.iter().map(|i| (i.key.clone(), i.timestamp)).collect();
+    for o in &outs {
+        assert_eq!(in_ts[&o.key], o.timestamp, "timestamp of {:?}", o.key);
+        assert!(o.timestamp.is_some_and(|t| t > 0));
+    }
+
+    w.wait_for_commits(&ends(n), Duration::from_secs(20), &worker.log_text());
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    let summary = worker
+        .wait_for_log("stopped: consumed=", Duration::ZERO)
+        .expect("summary line");
+    assert!(
+        summary.contains(&format!("consumed={n} predicted={n} dead_lettered=0")),
+        "{summary}"
+    );
+}
+
+/// Waits until the worker has at least `min` records in flight (from its live counters).
+fn wait_in_flight(worker: &Worker, min: i64) -> i64 {
+    let mut n = 0;
+    wait_until(WAIT, "records in flight", || {
+        n = worker.in_flight();
+        n >= min
+    });
+    n
+}
+
+/// The worker's flags, plus outputs held for `ms` (see [`hold_outputs`]).
+fn held(ms: u32, extra: &[&str]) -> Vec<String> {
+    hold_outputs(ms)
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+fn start_held(w: &World, ms: u32, extra: &[&str]) -> Worker {
+    let args = held(ms, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    w.start_worker(&refs)
+}
+
+#[test]
+fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() {
+    let w = World::new();
+    let feeder = w.feed(1000);
+    // Every output waits 3 s in the producer while consumption and commits (every 200 ms) go
+    // on: a worker that committed what it consumed, instead of what was acknowledged, would
+    // have committed past hundreds of records without outputs by the time of the kill.
+    let mut worker = start_held(&w, 3000, &["--max-batch", "32"]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 300);
+    let in_flight = wait_in_flight(&worker, 500);
+    worker.kill9();
+    let committed = w.committed();
+    let at_kill = w.read(&w.output, Duration::from_secs(4), Duration::ZERO, |_| false);
+    assert!(!committed.is_empty(), "{}", worker.log_text());
+    assert_commits_covered(&committed, &predicted(&at_kill));
+    eprintln!("killed with {in_flight} records in flight; committed {committed:?}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = feeder.stop();
+    let mut restarted = w.start_worker(&[]);
+    let want = all_inputs(sent);
+    let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
+    assert_every_input_predicted(&want, &outs, &restarted.log_text());
+    assert_partition_order(&outs);
+    // Only what was in flight, or acknowledged but not yet committed, is scored twice.
+    let dups = duplicates(&outs);
+    assert!(
+        dups as i64 <= in_flight + 500,
+        "{dups} duplicates for {in_flight} in flight"
+    );
+    w.wait_for_commits(&ends(sent), Duration::from_secs(30), &restarted.log_text());
+    assert_eq!(restarted.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
+    let w = World::new();
+    let rate = 600;
+    let feeder = w.feed(rate);
+    let extra = ["--max-batch", "32"];
+    let mut workers = [w.start_worker(&extra), w.start_worker(&extra)];
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 200);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut in_flight_at_kills = 0i64;
+    for kill in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let victim = kill % 2;
+        std::thread::sleep(Duration::from_millis(300 + seed % 1200));
+        // Kill only with records provably in flight in the victim (a freshly restarted
+        // victim may not have its partitions yet: wait until it has some in flight).
+        let mut in_flight = 0;
+        wait_until(
+            Duration::from_secs(60),
+            "records in flight in the victim",
+            || {
+                in_flight = workers[victim].in_flight();
+                in_flight > 0
+            },
+        );
+        workers[victim].kill9();
+        in_flight_at_kills += in_flight;
+        // Commits at the kill never passed an unacknowledged record.
+        let committed = w.committed();
+        let outs = w.read(&w.output, Duration::from_secs(2), Duration::ZERO, |_| false);
+        assert_commits_covered(&committed, &predicted(&outs));
+        workers[victim] = w.start_worker(&extra);
+    }
+    let sent = feeder.stop();
+    let want = all_inputs(sent);
+    let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
+    let logs = format!("{}\n----\n{}", workers[0].log_text(), workers[1].log_text());
+    assert_every_input_predicted(&want, &outs, &logs);
+    assert_partition_order(&outs);
+    let dups = duplicates(&outs) as i64;
+    // A kill re-processes what the victim had in flight plus what was acknowledged since its
+    // last commit (≤ a commit interval, 200 ms, of its share of the load; 1 s allowed).
+    let bound = in_flight_at_kills + 20 * i64::from(rate);
+    eprintln!("{sent} sent, {dups} duplicates, {in_flight_at_kills} in flight at the kills");
+    assert!(dups <= bound, "{dups} duplicates > bound {bound}");
+    w.wait_for_commits(&ends(sent), Duration::from_secs(60), &logs);
+    for mut worker in workers {
+        assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    }
+}
+
+#[test]
+fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
+    let w = World::new();
+    let feeder = w.feed(500);
+    // The first worker's outputs wait 2 s in its producer: whenever the revoke comes, it
+    // finds records in flight and must wait for them (drain timeout 5 s) before handing over.
+    let mut first = start_held(&w, 2000, &["--max-batch", "16"]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| !o.is_empty());
+    wait_in_flight(&first, 50);
+    let mut second = w.start_worker(&[]);
+    let revoking = first
+        .wait_for_log("revoking partition", WAIT)
+        .expect("a revoke in the first worker");
+    let in_flight: usize = revoking
+        .split("in_flight=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("in_flight in the revoke line");
+    assert!(in_flight > 0, "{revoking}");
+    let released = first
+        .wait_for_log("partition released", WAIT)
+        .expect("released");
+    assert!(released.contains("drained=true"), "{released}");
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = feeder.stop();
+
+    let want = all_inputs(sent);
+    let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
+    let logs = format!("{}\n----\n{}", first.log_text(), second.log_text());
+    assert_every_input_predicted(&want, &outs, &logs);
+    assert_partition_order(&outs);
+    assert_eq!(
+        duplicates(&outs),
+        0,
+        "a drained hand-over scores nothing twice"
+    );
+    w.wait_for_commits(&ends(sent), Duration::from_secs(30), &logs);
+    assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let w = World::new();
+    let feeder = w.feed(500);
+    let mut stable = w.start_worker(&[]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
+    for round in 0..10 {
+        let mut joiner = w.start_worker(&[]);
+        joiner
+            .wait_for_log("partition assigned", WAIT)
+            .unwrap_or_else(|| panic!("round {round}: no partition\n{}", joiner.log_text()));
+        std::thread::sleep(Duration::from_millis(500));
+        // Leaving hands its partitions back to the stable worker (which gets the same
+        // partitions re-assigned, round after round).
+        assert_eq!(
+            joiner.terminate(Duration::from_secs(30)),
+            Some(0),
+            "round {round}\n{}",
+            joiner.log_text()
+        );
+    }
+    let sent = feeder.stop();
+    let want = all_inputs(sent);
+    let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
+    assert_every_input_predicted(&want, &outs, &stable.log_text());
+    assert_partition_order(&outs);
+    assert_eq!(duplicates(&outs), 0, "clean hand-overs score nothing twice");
+    let revokes = stable.log_text().matches("partition released").count();
+    assert!(revokes >= 10, "only {revokes} revokes in the stable worker");
+    w.wait_for_commits(&ends(sent), Duration::from_secs(30), &stable.log_text());
+    assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0() {
+    let w = World::new();
+    let feeder = w.feed(1000);
+    // Outputs wait 2 s in the producer: at SIGTERM, records are in flight for sure.
+    let mut worker = start_held(&w, 2000, &[]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
+    let in_flight = wait_in_flight(&worker, 100);
+    let code = worker.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{}", worker.log_text());
+    feeder.stop();
+
+    // Exactly what was committed was predicted: nothing consumed was left unfinished, and
+    // nothing committed lacks a prediction.
+    let committed = w.committed();
+    let outs = w.read(&w.output, Duration::from_secs(5), Duration::ZERO, |_| false);
+    let done = predicted(&outs);
+    assert_commits_covered(&committed, &done);
+    for (p, off) in &done {
+        let c = committed.get(p).copied().unwrap_or(0);
+        assert!(
+            *off < c,
+            "offset {off} of partition {p} predicted, committed only {c}"
+        );
+    }
+    let summary = worker
+        .wait_for_log("stopped: consumed=", Duration::ZERO)
+        .expect("summary line");
+    let total: i64 = committed.values().sum();
+    assert!(
+        summary.contains(&format!("consumed={total} predicted={total} ")),
+        "broker: {total} committed and predicted; worker: {summary} ({in_flight} were in flight)"
+    );
+    assert_eq!(duplicates(&outs), 0);
+}
+
+#[test]
+fn sigterm_when_outputs_cannot_be_delivered_in_time_exits_2_within_the_drain_timeout() {
+    let w = World::new();
+    let feeder = w.feed(500);
+    // Outputs held for a minute: the 5 s drain cannot deliver them.
+    let mut worker = start_held(&w, 60_000, &[]);
+    wait_in_flight(&worker, 50);
+    let t0 = Instant::now();
+    let code = worker.terminate(Duration::from_secs(30));
+    let took = t0.elapsed();
+    feeder.stop();
+    assert_eq!(code, Some(2), "{}", worker.log_text());
+    // Drain timeout 5 s, plus commit and shutdown bounds.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let committed = w.committed();
+    let outs = w.read(&w.output, Duration::from_secs(4), Duration::ZERO, |_| false);
+    assert_commits_covered(&committed, &predicted(&outs));
+    assert!(worker.log_text().contains("undelivered"));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let w = World::new();
+    let feeder = w.feed(500);
+    let mut worker = start_held(&w, 60_000, &["--drain-timeout-ms", "8000"]);
+    wait_in_flight(&worker, 10);
+    worker.signal("TERM");
+    worker
+        .wait_for_log("stopping: draining", Duration::from_secs(10))
+        .expect("drain started");
+    let t0 = Instant::now();
+    worker.signal("TERM");
+    let code = worker.wait_exit(Duration::from_secs(5));
+    feeder.stop();
+    assert_eq!(code, Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn healthz_reports_a_partition_whose_outputs_are_not_acknowledged() {
+    let w = World::new();
+    let mut worker = start_held(&w, 4000, &["--stall-timeout-ms", "1500"]);
+    worker
+        .wait_for_log("partition assigned", WAIT)
+        .expect("assigned");
+    assert_eq!(worker.health().map(|h| h.0), Some(200));
+    // Outputs wait 4 s in the producer: a partition goes longer than 1.5 s without any.
+    let feeder = w.feed(300);
+    wait_until(Duration::from_secs(30), "/healthz 503", || {
+        worker
+            .health()
+            .is_some_and(|(code, body)| code == 503 && body.contains("no output acknowledged"))
+    });
+    feeder.stop();
+    // Once everything is delivered, healthy again.
+    wait_until(Duration::from_secs(60), "/healthz 200 again", || {
+        worker.health().is_some_and(|(code, _)| code == 200)
+    });
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// JSON nested `depth` levels deep: {"value":[[[…]]]}.
+fn nested(depth: usize) -> Vec<u8> {
+    format!("{{\"value\":{}{}}}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+}
+
+#[test]
+fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() {
+    let w = World::new();
+    let good = tweets(90, 0);
+    let huge =
+        serde_json::to_vec(&serde_json::json!({ "value": "fire ".repeat(20_000) })).expect("json");
+    // Just under the broker's default limit (1 MiB): valid JSON, far over --max-text-bytes.
+    let just_under_limit = {
+        let mut v = br#"{"value":""#.to_vec();
+        v.resize(999_900 - 2, b'a');
+        v.extend_from_slice(br#""}"#);
+        v
+    };
+    let poison: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("invalid_json", Some(b"this is not json".to_vec())),
+        (
+            "missing_value",
+            Some(br#"{"text":"no value field"}"#.to_vec()),
+        ),
+        ("not_utf8", Some(b"{\"value\":\"\xff\xfe\"}".to_vec())),
+        (
+            "value_not_string",
+            Some(br#"{"value":["a list"]}"#.to_vec()),
+        ),
+        ("too_large", Some(huge.clone())),
+        ("not_an_object", Some(b"[1,2,3]".to_vec())),
+        ("no_payload", None),
+        ("value_not_string", Some(nested(20_000))),
+        ("too_large", Some(just_under_limit.clone())),
+    ];
+    let p = w_producer(&w);
+    let mut expected_dlq = Vec::new();
+    let mut counts = [0i64; PARTITIONS as usize];
+    for (i, (part, key, value)) in good.iter().enumerate() {
+        send(&p, &w.input, *part, key, Some(value));
+        counts[*part as usize] += 1;
+        if i % 10 == 5 {
+            if let Some((reason, value)) = poison.get(i / 10) {
+                let key = format!("poison-{}-{}", i / 10, reason);
+                send(&p, &w.input, *part, &key, value.as_deref());
+                expected_dlq.push((key, *reason, value.clone(), *part, counts[*part as usize]));
+                counts[*part as usize] += 1;
+            }
+        }
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).expect("flush");
+    let mut worker = w.start_worker(&[]);
+
+    let dlq = w.read(&w.dlq, WAIT, QUIET, |d| d.len() >= expected_dlq.len());
+    assert_eq!(dlq.len(), expected_dlq.len(), "{}", worker.log_text());
+    for d in &dlq {
+        let key = d.key.clone().expect("original key kept");
+        let (_, reason, value, part, offset) = expected_dlq
+            .iter()
+            .find(|e| e.0 == key)
+            .expect("known poison");
+        assert_eq!(
+            d.headers.get("dlq-reason").map(String::as_str),
+            Some(*reason),
+            "{key}"
+        );
+        assert!(!d.headers["dlq-error"].is_empty());
+        assert_eq!(d.headers["source-topic"], w.input);
+        assert_eq!(d.source(), (*part, *offset), "{key}");
+        let original = value.clone().unwrap_or_default();
+        match d.headers.get("dlq-original-size") {
+            // Too large for the dead-letter topic: a prefix of the value, and its size.
+            Some(size) => {
+                assert_eq!(size.parse::<usize>().ok(), Some(original.len()));
+                assert!(d.value.len() < original.len() && original.starts_with(&d.value));
+            }
+            None => assert_eq!(d.value, original, "original value kept for {key}"),
+        }
+    }
+    let truncated = dlq
+        .iter()
+        .filter(|d| d.headers.contains_key("dlq-original-size"))
+        .count();
+    assert_eq!(truncated, 1, "only the 999,900-byte record is cut");
+
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= good.len());
+    assert_eq!(outs.len(), good.len());
+    assert!(outs
+        .iter()
+        .all(|o| !o.key.as_deref().unwrap_or_default().starts_with("poison")));
+
+    // Dead-lettered offsets commit like any other: the end of every partition.
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, counts[p as usize])).collect();
+    w.wait_for_commits(&ends, Duration::from_secs(20), &worker.log_text());
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+fn w_producer(w: &World) -> rdkafka::producer::BaseProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", w.bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+fn send(p: &rdkafka::producer::BaseProducer, topic: &str, part: i32, key: &str, v: Option<&[u8]>) {
+    let mut rec = rdkafka::producer::BaseRecord::<str, [u8]>::to(topic)
+        .partition(part)
+        .key(key);
+    if let Some(v) = v {
+        rec = rec.payload(v);
+    }
+    support::kafka::send_waiting(p, rec).expect("produce");
+}
+
+#[test]
+fn compressed_input_in_every_codec_is_scored() {
+    let w = World::new();
+    let per_codec = 300;
+    let codecs = ["gzip", "snappy", "lz4", "zstd"];
+    for (i, codec) in codecs.iter().enumerate() {
+        w.produce_with(
+            &tweets(per_codec, i * per_codec),
+            &[("compression.type", codec), ("linger.ms", "50")],
+        );
+    }
+    let mut worker = w.start_worker(&[]);
+    let n = per_codec * codecs.len();
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= n);
+    assert_every_input_predicted(&all_inputs(n), &outs, &worker.log_text());
+    assert_eq!(duplicates(&outs), 0);
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn a_dead_letter_topic_that_rejects_large_records_gets_shortened_dead_letters() {
+    let w = World::new();
+    let mut worker = w.start_worker(&[]);
+    worker
+        .wait_for_log("partition assigned", WAIT)
+        .expect("assigned");
+    // After start-up (which read the topic's limit), the dead-letter topic's limit drops.
+    w.set_topic_config(&w.dlq, "max.message.bytes", "4000");
+    let big_bad = {
+        let mut v = b"not json ".to_vec();
+        v.resize(50_000, b'x');
+        v
+    };
+    let mut records = tweets(30, 0);
+    records.insert(10, (records[9].0, "poison-big".into(), big_bad.clone()));
+    w.produce(&records);
+    let dlq = w.read(&w.dlq, WAIT, QUIET, |d| !d.is_empty());
+    assert_eq!(dlq.len(), 1, "{}", worker.log_text());
+    let d = &dlq[0];
+    assert_eq!(d.headers["dlq-reason"], "invalid_json");
+    assert_eq!(d.headers["dlq-original-size"], "50000");
+    assert!(d.value.len() <= 1024 && big_bad.starts_with(&d.value));
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= 30);
+    assert_eq!(predicted(&outs).len(), 30);
+    let m = worker.metrics();
+    assert!(m["kafka_infer_partition_rewinds_total"] >= 1.0);
+    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn an_output_topic_that_rejects_every_prediction_stops_the_worker_with_exit_code_3() {
+    let w = World::new();
+    // No prediction fits in 10 bytes: the broker refuses every one, for good.
+    w.set_topic_config(&w.output, "max.message.bytes", "10");
+    w.produce(&tweets(30, 0));
+    let t0 = Instant::now();
+    let mut worker = w.start_worker(&["--max-rewinds", "2"]);
+    let code = worker.wait_exit(Duration::from_secs(90));
+    assert_eq!(code, Some(3), "{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("is stuck at offset"), "{log}");
+    eprintln!("stopped after {:?}", t0.elapsed());
+    // Nothing was committed past what has no output (nothing has one).
+    assert!(
+        w.committed().values().all(|c| *c == 0),
+        "{:?}",
+        w.committed()
+    );
+}
+
+#[test]
+fn startup_problems_are_one_clear_line_and_exit_code_1() {
+    let w = World::new();
+    let run = |args: &[&str]| {
+        let metrics = if args.iter().any(|a| a.starts_with("--metrics-addr")) {
+            &[][..]
+        } else {
+            &["--metrics-addr", "off"][..]
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+            .arg("run")
+            .args(metrics)
+            .args(["--startup-timeout-ms", "3000"])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run worker");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let (dlq, bootstrap) = (w.dlq.clone(), w.bootstrap());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--brokers", &bootstrap, "--input-topic", "no-such-topic"],
+            "input topic 'no-such-topic' does not exist",
+        ),
+        (
+            vec![
+                "--brokers",
+                &bootstrap,
+                "--input-topic",
+                &w.input,
+                "--output-topic",
+                &w.output,
+                "--dlq-topic",
+                "nope",
+            ],
+            "dead-letter topic 'nope' does not exist",
+        ),
+        (
+            vec!["--brokers", "127.0.0.1:1", "--dlq-topic", &dlq],
+            "cannot reach Kafka at 127.0.0.1:1",
+        ),
+        (
+            vec![
+                "--brokers",
+                &bootstrap,
+                "-X",
+                "bootstrap.servers=elsewhere:9092",
+            ],
+            "-X bootstrap.servers is not allowed: use --brokers",
+        ),
+        (
+            vec![
+                "--brokers",
+                &bootstrap,
+                "-X",
+                "consumer.enable.auto.commit=true",
+            ],
+            "-X consumer.enable.auto.commit is not allowed",
+        ),
+        (vec!["--metrics-addr=localhost"], "expected HOST:PORT"),
+        (vec!["--inference-threads", "0"], "--inference-threads"),
+        (
+            vec!["--model-dir", "/nonexistent"],
+            "cannot read /nonexistent/model.onnx",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        let first = err.trim().lines().next().unwrap_or_default();
+        assert!(first.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_mistyped_topic_is_reported_not_created_on_a_broker_that_auto_creates_topics() {
+    let broker: &'static support::kafka::Kafka = Box::leak(Box::new(
+        support::kafka::Kafka::start_with(1, &["auto.create.topics.enable=true"]),
+    ));
+    let w = World::on(broker, 1);
+    let topics = || -> std::collections::HashSet<String> {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", w.bootstrap())
+            .create()
+            .expect("consumer");
+        rdkafka::consumer::Consumer::fetch_metadata(&c, None, Duration::from_secs(10))
+            .expect("metadata")
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    };
+    // This broker does create topics on a metadata request that allows it (a producer's): so
+    // the check below can fail.
+    let p: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", w.bootstrap())
+        .create()
+        .expect("producer");
+    let created = format!("{}-created-by-a-producer", w.input);
+    let _ = rdkafka::producer::Producer::client(&p)
+        .fetch_metadata(Some(&created), Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "auto-creation", || {
+        topics().contains(&created)
+    });
+
+    let typo = format!("{}-typo", w.input);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+        .args(["run", "--metrics-addr", "off", "--brokers", &w.bootstrap()])
+        .args([
+            "--input-topic",
+            &typo,
+            "--output-topic",
+            &w.output,
+            "--dlq-topic",
+            &w.dlq,
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run worker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("input topic '{typo}' does not exist")),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !topics().contains(&typo),
+        "the worker created the mistyped topic"
+    );
+}
