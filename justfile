@@ -16,11 +16,12 @@ bench:
 drain-bench TWEETS="1000000":
     DRAIN_TWEETS={{TWEETS}} cargo bench --bench drain
 
-# Retrain the model in a venv and rewrite model/ (then run `just test`: golden parity must pass)
-train:
+# Retrain the model in a venv and rewrite model/ (then run `just test`: golden parity must pass).
+# Plain: CV + final fit, 1-2 min; `just train --search`: hyper-parameter search first, ~20-25 min
+train *ARGS:
     python3 -m venv model/.venv
     model/.venv/bin/pip install -q -r model/requirements.txt
-    model/.venv/bin/python model/train.py
+    model/.venv/bin/python model/train.py {{ARGS}}
 
 # Score JSON lines (or --text lines) from stdin or --input FILE
 score *ARGS:
