@@ -1,12 +1,16 @@
 //! Drain benchmark on a local Apache Kafka (started by `scripts/kafka`): preload N tweets
-//! (test.csv, cycled) into a 3-partition input topic, start the worker, time its first to last
-//! prediction. Runs the real model and the pass-through mode (`--benchmark-passthrough`: no
-//! inference, constant score) against the same preloaded topic in one run, and reports
-//! tweets/s, the worker's **CPU per tweet** (its own user + system time from /proc, divided by
-//! the tweets) and its peak RSS.
+//! (test.csv, cycled) into a 3-partition input topic, start a contender, time its first to
+//! last output as seen by a reader of the output topic. Contenders, one after the other on the
+//! same preloaded topic in one run: the worker with the real model; its pass-through mode
+//! (`--benchmark-passthrough`: no inference, constant score); a bare librdkafka
+//! consume→produce loop (this binary, re-run as a child process: the floor of any Kafka
+//! worker); and the real model with exactly-once at two transaction intervals. It reports
+//! tweets/s, each process's own **CPU per tweet** (user + system time from /proc divided by
+//! the tweets), its busiest threads and its peak RSS.
 //!
-//!     cargo bench --bench drain                      # 1,000,000 tweets
-//!     DRAIN_TWEETS=200000 cargo bench --bench drain  # quicker
+//!     cargo bench --bench drain                          # 1,000,000 tweets
+//!     DRAIN_TWEETS=200000 cargo bench --bench drain      # quicker
+//!     DRAIN_ONLY=0,2 cargo bench --bench drain           # some contenders (by index)
 //!
 //! The reader of the output topic shares the machine with the worker, as a real consumer would.
 
@@ -25,12 +29,60 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
 
+/// Environment variable that turns this binary into the bare-librdkafka baseline (it runs
+/// itself as a child process, so its CPU time is its own).
+const BASELINE_ENV: &str = "DRAIN_BARE_BASELINE";
+
+/// One contender: a label and how to start it against (bootstrap, input, output, dlq, group).
+struct Contender {
+    label: &'static str,
+    args: &'static [&'static str],
+    bare: bool,
+}
+
+const CONTENDERS: [Contender; 5] = [
+    Contender {
+        label: "kafka-infer, real model",
+        args: &[],
+        bare: false,
+    },
+    Contender {
+        label: "kafka-infer --benchmark-passthrough (no model)",
+        args: &["--benchmark-passthrough"],
+        bare: false,
+    },
+    Contender {
+        label: "bare librdkafka consume→produce (no JSON, no model)",
+        args: &[],
+        bare: true,
+    },
+    Contender {
+        label: "kafka-infer, real model, exactly-once, 100 ms transactions",
+        args: &["--guarantee", "exactly-once", "--transaction-interval-ms", "100"],
+        bare: false,
+    },
+    Contender {
+        label: "kafka-infer, real model, exactly-once, 1 s transactions",
+        args: &["--guarantee", "exactly-once", "--transaction-interval-ms", "1000"],
+        bare: false,
+    },
+];
+
 fn main() {
+    if let Ok(spec) = std::env::var(BASELINE_ENV) {
+        bare_passthrough(&spec);
+        return;
+    }
     // `cargo bench` passes --bench; any other argument is not ours to interpret.
     let n: usize = std::env::var("DRAIN_TWEETS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let only: Option<Vec<usize>> = std::env::var("DRAIN_ONLY").ok().map(|v| {
+        v.split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect()
+    });
     let broker = Kafka::start(1);
     let bootstrap = broker.bootstrap.clone();
     let input = unique("drain-in");
@@ -46,67 +98,125 @@ fn main() {
     );
 
     let mut rows = Vec::new();
-    for (label, extra) in [
-        ("real model", &[][..]),
-        (
-            "pass-through (no inference)",
-            &["--benchmark-passthrough"][..],
-        ),
-    ] {
+    for (i, c) in CONTENDERS.iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
         let output = unique("drain-out");
         let dlq = unique("drain-dlq");
+        let group = unique("drain");
         create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]);
         let reader = reader(&bootstrap, &output);
-        let mut worker = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
-            .arg("run")
-            .args(["--brokers", &bootstrap, "--group-id", &unique("drain")])
-            .args([
-                "--input-topic",
-                &input,
-                "--output-topic",
-                &output,
-                "--dlq-topic",
-                &dlq,
-            ])
-            .args(["--metrics-addr", "off"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start worker");
+        let mut child = if c.bare {
+            Command::new(std::env::current_exe().expect("own path"))
+                .env(
+                    BASELINE_ENV,
+                    format!("{bootstrap} {input} {output} {group}"),
+                )
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the baseline")
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+                .arg("run")
+                .args(["--brokers", &bootstrap, "--group-id", &group])
+                .args(["--input-topic", &input, "--output-topic", &output])
+                .args(["--dlq-topic", &dlq, "--metrics-addr", "off"])
+                .args(c.args)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start worker")
+        };
         let (first, last, got) = drain(&reader, n);
-        let rss_kb = peak_rss_kb(worker.id());
-        let cpu = cpu_seconds(worker.id());
-        let threads = thread_cpu(worker.id());
+        let rss_kb = peak_rss_kb(child.id());
+        let cpu = cpu_seconds(child.id());
+        let threads = thread_cpu(child.id());
         let _ = Command::new("kill")
-            .args(["-TERM", &worker.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
-        let _ = worker.wait();
+        let _ = child.wait();
         let secs = (last - first).as_secs_f64();
         let rate = (got.saturating_sub(1)) as f64 / secs.max(1e-9);
         let us_per_tweet = cpu * 1e6 / got.max(1) as f64;
-        println!("{label}: {got} predictions, first→last {secs:.2} s, {rate:.0} tweets/s, CPU {us_per_tweet:.2} µs/tweet ({cpu:.2} s), peak RSS {:.0} MiB", rss_kb as f64 / 1024.0);
+        println!(
+            "{}: {got} outputs, first→last {secs:.2} s, {rate:.0} tweets/s, CPU {us_per_tweet:.2} µs/tweet ({cpu:.2} s), peak RSS {:.0} MiB",
+            c.label,
+            rss_kb as f64 / 1024.0
+        );
         println!(
             "  busiest threads (CPU s): {}",
             threads
                 .iter()
-                .take(6)
+                .take(8)
                 .map(|(n, s)| format!("{n} {s:.2}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        rows.push((label, got, secs, rate, us_per_tweet, rss_kb));
+        rows.push((c.label, got, secs, rate, us_per_tweet, rss_kb));
     }
-    println!("\n| mode | predictions | first→last (s) | tweets/s | CPU µs/tweet | worker peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|");
+    println!("\n| contender | outputs | first→last (s) | tweets/s | CPU µs/tweet | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|");
     for (label, got, secs, rate, us, rss) in &rows {
         println!(
             "| {label} | {got} | {secs:.2} | {rate:.0} | {us:.2} | {:.0} |",
             *rss as f64 / 1024.0
         );
     }
-    if let [(_, _, _, real, _, _), (_, _, _, pass, _, _)] = rows.as_slice() {
-        println!("\nreal model / pass-through throughput: {:.2}", real / pass);
+    let rate_of = |label: &str| rows.iter().find(|r| r.0 == label).map(|r| r.3);
+    if let (Some(real), Some(bare)) = (
+        rate_of(CONTENDERS[0].label),
+        rate_of(CONTENDERS[2].label),
+    ) {
+        println!("\nreal model / bare librdkafka throughput: {:.2}", real / bare);
     }
+    if let (Some(real), Some(pass)) = (rate_of(CONTENDERS[0].label), rate_of(CONTENDERS[1].label))
+    {
+        println!("real model / pass-through throughput: {:.2}", real / pass);
+    }
+}
+
+/// The baseline: what the worker does minus everything of its own — consume each record and
+/// produce a constant `{"value":[0.5]}` with the same key to the same partition of the output
+/// topic (idempotent producer, acks=all), committing consumed offsets every second. No JSON,
+/// no tokenizer, no model, no ordering or delivery tracking. `spec`: "bootstrap input output
+/// group". Runs until SIGTERM.
+fn bare_passthrough(spec: &str) {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let [bootstrap, input, output, group] = parts[..] else {
+        panic!("bad {BASELINE_ENV}: {spec}");
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).expect("signal");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    let payload = br#"{"value":[0.5]}"#;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            let mut rec = BaseRecord::<[u8], [u8]>::to(output)
+                .partition(m.partition())
+                .payload(&payload[..]);
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            send_waiting(&producer, rec).expect("produce");
+        }
+        producer.poll(Duration::ZERO);
+    }
+    let _ = producer.flush(Duration::from_secs(10));
 }
 
 fn preload(bootstrap: &str, topic: &str, tweets: &[String], n: usize) {

@@ -205,6 +205,16 @@ impl PartitionTracker {
         *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(position);
     }
 
+    /// A commit of `position` failed after all (asynchronous commits fail later, e.g. during
+    /// a rebalance): forget it, so the next periodic commit sends the position again even if
+    /// it has not moved since.
+    pub fn forget_committed(&self, position: i64) {
+        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if *c == Some(position) {
+            *c = None;
+        }
+    }
+
     pub fn last_committed(&self) -> Option<i64> {
         *self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -340,6 +350,8 @@ mod tests {
         assert_eq!(t.uncommitted_position(), Some(1));
         t.mark_committed(1);
         assert_eq!(t.uncommitted_position(), None);
+        t.forget_committed(1);
+        assert_eq!(t.uncommitted_position(), Some(1), "a failed commit is sent again");
         assert!(t.wait_drained(Instant::now()));
     }
 }

@@ -129,7 +129,7 @@ impl ClientContext for SinkContext {
         let fatal = matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal));
         match (&self.lane, fatal) {
             (Some(lane), true) => {
-                let kind = if reason.contains("fenced") || reason.contains("Fenced") {
+                let kind = if reason.to_ascii_lowercase().contains("fenced") {
                     FailureKind::Fenced
                 } else {
                     FailureKind::Other

@@ -201,6 +201,7 @@ impl Source {
                 decoder: JsonDecoder::new(),
                 seq: 0,
                 next_offset: None,
+                sent_next: None,
                 last_commit: None,
                 lane_first: None,
                 rewinds: 0,
@@ -425,6 +426,10 @@ struct PartitionThread {
     seq: u64,
     /// One past the last offset read in the current lane.
     next_offset: Option<i64>,
+    /// One past the last offset of the last chunk handed on in the current lane: what an
+    /// exactly-once commit may cover (records read into a chunk that was never handed on —
+    /// the worker stopped first — have no output and must be read again).
+    sent_next: Option<i64>,
     /// Exactly-once: the input position committed with the last transaction.
     last_commit: Option<i64>,
     /// The first offset read in the current lane (where an exactly-once lane rewinds to when
@@ -616,6 +621,7 @@ impl PartitionThread {
             match self.tx.send_timeout(chunk, Duration::from_millis(100)) {
                 Ok(()) => {
                     self.seq += 1;
+                    self.sent_next = Some(last + 1);
                     self.shared.metrics.consumed_total.inc_by(n as u64);
                     return Ok(());
                 }
@@ -735,6 +741,7 @@ impl PartitionThread {
         })?;
         *lock(&self.lane) = lane;
         (self.seq, self.next_offset, self.lane_first) = (0, Some(position), None);
+        self.sent_next = None;
         self.txn_started = Instant::now();
         Ok(())
     }
@@ -743,8 +750,8 @@ impl PartitionThread {
     /// with the next input offset. A failure fails the lane (it rewinds to the last commit).
     fn commit_transaction(&mut self, lane: &Arc<Lane>, deadline: Instant) -> bool {
         self.txn_started = Instant::now();
-        let Some(position) = self.next_offset else {
-            return true; // nothing consumed yet
+        let Some(position) = self.sent_next else {
+            return true; // nothing handed on yet
         };
         if self.last_commit == Some(position) {
             return true;
@@ -774,7 +781,7 @@ impl PartitionThread {
                 true
             }
             Err(e) => {
-                let kind = if e.contains("fenced") || e.contains("Fenced") {
+                let kind = if e.to_ascii_lowercase().contains("fenced") {
                     FailureKind::Fenced
                 } else {
                     FailureKind::Other
@@ -903,10 +910,32 @@ impl ConsumerContext for Source {
         }
     }
 
+    /// Asynchronous commits are recorded when sent (so an unmoved position is not sent again
+    /// every interval); one that fails is forgotten here, so the next interval retries it —
+    /// otherwise a partition whose input has gone quiet would keep a stale commit for good.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            self.shared.metrics.commit_errors_total.inc();
-            tracing::warn!("offset commit failed: {e} ({} partitions)", offsets.count());
+        let failed: Vec<(String, i32, i64)> = offsets
+            .elements()
+            .iter()
+            .filter(|e| result.is_err() || e.error().is_err())
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        self.shared.metrics.commit_errors_total.inc();
+        match &result {
+            Err(e) => tracing::warn!("offset commit failed (will retry): {e}"),
+            Ok(()) => tracing::warn!("offset commit failed for {} partitions (will retry)", failed.len()),
+        }
+        let partitions = lock(&self.partitions);
+        for (topic, partition, offset) in failed {
+            if let Some(p) = partitions.get(&(topic, partition)) {
+                lock(&p.lane).tracker.forget_committed(offset);
+            }
         }
     }
 }

@@ -139,6 +139,10 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         // wait only bounds idle polling. (A low value was a workaround for tansu, which answered
         // only when the wait expired.)
         //
+        // librdkafka prefetches up to this much per partition (default 64 MiB): 16 MiB is ~100k
+        // tweets, plenty to keep the pipeline fed, and keeps memory under overload bounded
+        // (partitions × this + --max-in-flight-bytes). Overridable with -X.
+        .set("queued.max.messages.kbytes", "16384")
         // Statistics carry per-partition consumer lag for /metrics.
         .set("statistics.interval.ms", "5000");
     let mut producer = ClientConfig::new();

@@ -62,12 +62,19 @@ fn clean_run_predicts_every_tweet_once_in_partition_order_and_commits_to_the_end
 
 /// Waits until the worker has at least `min` records in flight (from its live counters).
 fn wait_in_flight(worker: &Worker, min: i64) -> i64 {
-    let mut n = 0;
-    wait_until(WAIT, "records in flight", || {
-        n = worker.in_flight();
-        n >= min
-    });
-    n
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = worker.in_flight();
+        if n >= min {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {min} records in flight (last {n}):\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The worker's flags, plus outputs held for `ms` (see [`hold_outputs`]).
@@ -167,7 +174,8 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
     assert!(dups <= bound, "{dups} duplicates > bound {bound}");
     w.wait_for_commits(&ends(sent), Duration::from_secs(60), &logs);
     for mut worker in workers {
-        assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+        let code = worker.terminate(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{}", worker.log_text());
     }
 }
 
@@ -240,8 +248,17 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
     assert_every_input_predicted(&want, &outs, &stable.log_text());
     assert_partition_order(&outs);
     assert_eq!(duplicates(&outs), 0, "clean hand-overs score nothing twice");
-    let revokes = stable.log_text().matches("partition released").count();
-    assert!(revokes >= 10, "only {revokes} revokes in the stable worker");
+    // The stable worker gave partitions up and got them back, round after round (a joiner
+    // may also take over a leaving joiner's partitions directly, so not every round shows).
+    let log = stable.log_text();
+    let (revokes, assigns) = (
+        log.matches("partition released").count(),
+        log.matches("partition assigned").count(),
+    );
+    assert!(
+        revokes >= 5 && assigns >= 3 + 5,
+        "{revokes} revokes, {assigns} assignments in the stable worker"
+    );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &stable.log_text());
     assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
 }
@@ -306,7 +323,7 @@ fn sigterm_when_outputs_cannot_be_delivered_in_time_exits_2_within_the_drain_tim
 fn a_second_signal_exits_at_once() {
     let w = World::new();
     let feeder = w.feed(500);
-    let mut worker = start_held(&w, 60_000, &["--drain-timeout-ms", "8000"]);
+    let mut worker = start_held(&w, 60_000, &["--drain-timeout-ms", "6000"]);
     wait_in_flight(&worker, 10);
     worker.signal("TERM");
     worker

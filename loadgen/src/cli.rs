@@ -19,9 +19,9 @@ use clap::Parser;
 /// a stalled system is charged for the whole time the request *should* have been waiting.
 ///
 /// The collector assigns every partition of the output topic at the end offsets read before
-/// sending starts (no group membership, nothing committed), with fetch.wait.max.ms=1: some
-/// brokers (tansu) only answer a waiting fetch when fetch.wait.max.ms expires, which would
-/// otherwise add up to 500 ms to every measured latency.
+/// sending starts (no group membership, nothing committed).
+/// With --output-topic equal to --input-topic, loadgen reads back its own tweets: one hop
+/// through the broker with no worker, i.e. the broker's latency floor.
 /// A run ends when every prediction is in, or --grace after the last send. Lost: sent, and
 /// no prediction by then. Duplicate: a second prediction for the same id (a record the
 /// consumer merely delivers twice, same partition and offset, is skipped, not counted).
@@ -46,7 +46,7 @@ pub struct Cli {
 
     /// A librdkafka property for both the producer and the collector (repeatable), e.g.
     /// -X security.protocol=ssl. Applied last, so it overrides loadgen's own settings
-    /// (producer: linger.ms=1; collector: fetch.wait.max.ms=1).
+    /// (producer: linger.ms=1).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     pub property: Vec<(String, String)>,
 

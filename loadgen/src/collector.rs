@@ -77,17 +77,14 @@ impl Collector {
     /// and no race between "assigned" and "first send". The group id is required by
     /// librdkafka but nothing is ever committed.
     ///
-    /// `fetch.wait.max.ms=1`: tansu answers a fetch that finds no data only when
-    /// fetch.wait.max.ms expires (librdkafka's default is 500 ms), so with the default a
-    /// prediction could sit up to half a second at the broker before loadgen sees it, and
-    /// the measurement would be of the broker's fetch timer, not of the worker.
+    /// librdkafka's default fetch.wait.max.ms is kept: Apache Kafka answers a waiting fetch
+    /// as soon as a record arrives, so the wait does not delay what loadgen measures.
     pub fn new(conn: &Connection, topic: &str, group_id: &str, timeout: Duration) -> Result<Self> {
         let consumer: BaseConsumer<LogContext> = conn
             .config(&[
                 ("group.id", group_id),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
-                ("fetch.wait.max.ms", "1"),
             ])
             .create_with_context(LogContext::new("collector"))?;
         let md = consumer.fetch_metadata(Some(topic), timeout)?;
@@ -133,7 +130,7 @@ impl Collector {
         stop: &AtomicBool,
     ) -> CollectStats {
         let mut stats = CollectStats::default();
-        // Next expected offset per partition. Seen on tansu: librdkafka occasionally hands
+        // Next expected offset per partition. Seen on some brokers: librdkafka occasionally hands
         // out the same record (same partition and offset) twice right after the assignment;
         // counting those as duplicates would blame the worker for a transport artifact.
         let mut next_offset: HashMap<i32, i64> = HashMap::new();

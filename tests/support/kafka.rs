@@ -192,6 +192,33 @@ pub fn create_topics_with(
             Err((name, code)) => panic!("cannot create topic {name}: {code}"),
         }
     }
+    // Created in the controller's metadata is not yet known to every broker: wait until a
+    // metadata request shows each topic with all its partitions led.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (name, parts) in topics {
+        loop {
+            let ready = admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().iter().find(|t| t.name() == *name).map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == *parts as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "topic {name} not ready after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {

@@ -68,20 +68,28 @@ impl World {
     pub fn start_worker(&self, extra: &[&str]) -> Worker {
         let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.group, unique("w")));
         let f = std::fs::File::create(&log).expect("log file");
+        // Test defaults, unless the test passes the flag itself.
+        let defaults = [
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--commit-interval-ms", "200"),
+            ("--log-interval-ms", "1000"),
+            // The drain (5 s) plus commit bounds stay below max.poll.interval.ms (15 s, below),
+            // as the worker checks.
+            ("--drain-timeout-ms", "5000"),
+        ];
+        let mut args: Vec<&str> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra.iter().any(|a| a.split('=').next() == Some(flag)) {
+                args.extend([flag, value]);
+            }
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
             .arg("run")
             .args(["--brokers", &self.bootstrap(), "--group-id", &self.group])
             .args(["--input-topic", &self.input])
             .args(["--output-topic", &self.output, "--dlq-topic", &self.dlq])
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--commit-interval-ms",
-                "200",
-            ])
-            .args(["--log-interval-ms", "1000", "--drain-timeout-ms", "5000"])
-            // Short session timeouts: a killed member leaves the group quickly. The drain
-            // (5 s) plus commit bounds stay below max.poll.interval.ms, as the worker checks.
+            .args(&args)
+            // Short session timeouts: a killed member leaves the group quickly.
             .args(["-X", "consumer.session.timeout.ms=6000"])
             .args(["-X", "consumer.heartbeat.interval.ms=500"])
             .args(["-X", "consumer.max.poll.interval.ms=15000"])
