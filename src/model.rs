@@ -1,28 +1,82 @@
-//! The tract-onnx model: loaded and optimized once, run from one [`Session`] per thread.
+//! The tract-onnx model: loaded once, run from one [`Session`] per thread.
 //!
-//! The ONNX graph has a symbolic batch dimension `B` and sequence dimension `S`, so one
-//! optimized plan serves every batch shape. A plan is immutable and shared (`Arc`); the mutable
-//! run state is per thread, as tract intends, so inference threads never contend on a lock.
+//! The ONNX graph has a symbolic batch dimension and sequence dimension. tract runs a plan built
+//! for symbolic `[B, S]` through slow generic paths, so [`plan`] specialises one plan per
+//! sequence length `S` (the batch size stays symbolic): at most `max_len` plans, built on first
+//! use (a few ms each) and shared by every session (`Arc`). The mutable run state is per
+//! session, as tract intends, so inference threads never contend on a lock once a plan exists.
+//! Sequences longer than `max_len` (which the tokenizer never produces) run the generic plan.
+
+pub mod plan;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::tract_ndarray::Array2;
 use tract_onnx::prelude::*;
 
+use self::plan::{BaseModel, Plan};
 use crate::batch;
 use crate::error::{Error, Result};
 use crate::preprocess::Tokenizer;
 
-type Plan = TypedSimplePlan;
 type PlanState = TypedSimpleState;
 
 /// What produces scores: the real model, or a constant (benchmark pass-through mode).
 #[derive(Clone)]
 enum Backend {
-    Onnx(Arc<Plan>),
+    Onnx(Arc<Plans>),
     Constant(f32),
+}
+
+/// The plans of one model: one per sequence length `1..=max_seq`, built when first needed, and
+/// the generic one for longer sequences. Bounded: at most `max_seq + 1` plans ever exist.
+struct Plans {
+    base: BaseModel,
+    max_seq: usize,
+    /// Index `s - 1` holds the plan for sequences of `s` positions.
+    by_seq: Mutex<Vec<Option<Arc<Plan>>>>,
+    generic: Mutex<Option<Arc<Plan>>>,
+}
+
+impl Plans {
+    fn new(base: BaseModel, max_seq: usize) -> Plans {
+        Plans {
+            base,
+            max_seq,
+            by_seq: Mutex::new(vec![None; max_seq]),
+            generic: Mutex::new(None),
+        }
+    }
+
+    /// The plan for `seq_len` positions (`None`: the generic plan), building it on first use.
+    /// Built outside the lock: two sessions that race build it twice and keep one.
+    fn get(&self, seq_len: Option<usize>) -> Result<Arc<Plan>> {
+        match seq_len.filter(|&s| (1..=self.max_seq).contains(&s)) {
+            Some(s) => {
+                if let Some(p) = lock(&self.by_seq)[s - 1].clone() {
+                    return Ok(p);
+                }
+                let plan = self.base.plan_for_seq(s)?;
+                let mut plans = lock(&self.by_seq);
+                Ok(plans[s - 1].get_or_insert(plan).clone())
+            }
+            None => {
+                if let Some(p) = lock(&self.generic).clone() {
+                    return Ok(p);
+                }
+                let plan = self.base.generic_plan()?;
+                Ok(lock(&self.generic).get_or_insert(plan).clone())
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while inserting a finished plan; the
+/// vector is still valid.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Tokenizer + model, loaded from a model directory (`model.onnx`, `vocab.txt`,
@@ -42,10 +96,12 @@ impl Classifier {
         let onnx_path = model_dir.join("model.onnx");
         let bytes = std::fs::read(&onnx_path).map_err(|e| Error::io(&onnx_path, e))?;
         let version = short_hash(&bytes);
-        let plan = optimize(&bytes)?;
+        let plans = Plans::new(BaseModel::from_onnx(&bytes)?, tokenizer.max_len().max(1));
+        // Fail at load, not on the first tweet, if the model cannot be specialised.
+        plans.get(Some(1))?;
         Ok(Classifier {
             tokenizer: Arc::new(tokenizer),
-            backend: Backend::Onnx(plan),
+            backend: Backend::Onnx(Arc::new(plans)),
             version,
         })
     }
@@ -73,9 +129,11 @@ impl Classifier {
     /// A run state for the calling thread.
     pub fn session(&self) -> Result<Session> {
         let state = match &self.backend {
-            Backend::Onnx(plan) => {
-                SessionState::Onnx(Box::new(PlanState::new(plan).map_err(Error::model)?))
-            }
+            Backend::Onnx(plans) => SessionState::Onnx(Box::new(OnnxSession {
+                plans: plans.clone(),
+                by_seq: (0..plans.max_seq).map(|_| None).collect(),
+                generic: None,
+            })),
             Backend::Constant(s) => SessionState::Constant(*s),
         };
         Ok(Session {
@@ -85,29 +143,59 @@ impl Classifier {
     }
 }
 
-fn optimize(onnx: &[u8]) -> Result<Arc<Plan>> {
-    let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
-        .map_err(Error::model)?;
-    let batch = model.symbols.sym("B");
-    let seq = model.symbols.sym("S");
-    model
-        .set_input_fact(0, i32::fact([batch.to_dim(), seq.to_dim()]).into())
-        .map_err(Error::model)?;
-    model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(Error::model)
-}
-
 fn short_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum SessionState {
-    Onnx(Box<PlanState>),
+    Onnx(Box<OnnxSession>),
     Constant(f32),
+}
+
+/// A session's run states: one per plan it has used.
+struct OnnxSession {
+    plans: Arc<Plans>,
+    /// The run state for each sequence length this session has seen (index `s - 1`).
+    by_seq: Vec<Option<PlanState>>,
+    generic: Option<PlanState>,
+}
+
+impl OnnxSession {
+    /// Runs the plan for this tensor's sequence length (built on first use).
+    fn run(&mut self, tokens: Array2<i32>) -> Result<Vec<f32>> {
+        let (rows, seq_len) = tokens.dim();
+        let state = match self.by_seq.get_mut(seq_len.wrapping_sub(1)) {
+            Some(slot) => slot,
+            None => &mut self.generic,
+        };
+        if state.is_none() {
+            let specialised = (seq_len <= self.plans.max_seq).then_some(seq_len);
+            let plan = self.plans.get(specialised)?;
+            *state = Some(PlanState::new(&plan).map_err(Error::model)?);
+        }
+        let state = state
+            .as_mut()
+            .ok_or_else(|| Error::Model("no plan state".into()))?;
+        let out = state
+            .run(tvec!(Tensor::from(tokens).into()))
+            .map_err(Error::model)?;
+        let scores = out
+            .first()
+            .ok_or_else(|| Error::Model("model produced no output".into()))?
+            .to_plain_array_view::<f32>()
+            .map_err(Error::model)?
+            .iter()
+            .copied()
+            .collect::<Vec<f32>>();
+        if scores.len() != rows {
+            return Err(Error::Model(format!(
+                "model returned {} scores for {rows} inputs",
+                scores.len()
+            )));
+        }
+        Ok(scores)
+    }
 }
 
 /// One thread's inference state.
@@ -129,28 +217,18 @@ impl Session {
     /// Scores an already padded `[batch, seq]` tensor of token ids.
     pub fn score_tensor(&mut self, tokens: Array2<i32>) -> Result<Vec<f32>> {
         let rows = tokens.nrows();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        // The model needs one position; an all-padding column scores exactly like no tokens.
+        let tokens = if tokens.ncols() == 0 {
+            Array2::from_elem((rows, 1), self.pad_id)
+        } else {
+            tokens
+        };
         match &mut self.state {
             SessionState::Constant(s) => Ok(vec![*s; rows]),
-            SessionState::Onnx(state) => {
-                let out = state
-                    .run(tvec!(Tensor::from(tokens).into()))
-                    .map_err(Error::model)?;
-                let scores = out
-                    .first()
-                    .ok_or_else(|| Error::Model("model produced no output".into()))?
-                    .to_plain_array_view::<f32>()
-                    .map_err(Error::model)?
-                    .iter()
-                    .copied()
-                    .collect::<Vec<f32>>();
-                if scores.len() != rows {
-                    return Err(Error::Model(format!(
-                        "model returned {} scores for {rows} inputs",
-                        scores.len()
-                    )));
-                }
-                Ok(scores)
-            }
+            SessionState::Onnx(session) => session.run(tokens),
         }
     }
 
