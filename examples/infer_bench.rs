@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         ["dump", dir] => dump(Path::new(dir)),
         ["run", dir, n, secs] => run(Path::new(dir), n.parse()?, secs.parse()?, false),
         ["baseline", dir, n, secs] => run(Path::new(dir), n.parse()?, secs.parse()?, true),
+        ["plans"] => plans(),
         _ => bail!("usage: infer_bench dump DIR | run|baseline DIR N SECONDS"),
     }
 }
@@ -61,6 +62,48 @@ fn dump(dir: &Path) -> anyhow::Result<()> {
             format!("{{\"shapes\":[{}]}}\n", shapes.join(",")),
         )?;
     }
+    Ok(())
+}
+
+/// Plan-build cost: the first batch of each sequence length 1..=max_len builds its plan.
+fn plans() -> anyhow::Result<()> {
+    let rss = || -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let rss0 = rss();
+    let t = Instant::now();
+    let clf = Classifier::load(&model_dir())?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss_loaded = rss();
+    let mut session = clf.session()?;
+    let max_len = clf.tokenizer().max_len();
+    let mut first = Vec::new();
+    for s in 1..=max_len {
+        let tokens = Array2::from_elem((8, s), 2);
+        let t = Instant::now();
+        session.score_tensor(tokens.clone())?;
+        first.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let sorted = {
+        let mut v = first.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    println!(
+        "load {load_ms:.1} ms (RSS {rss0:.0} -> {rss_loaded:.0} MiB); first batch of a new length \
+         (plan build + run): median {:.2} ms, max {:.2} ms, all {max_len} lengths {:.0} ms; \
+         RSS with all plans {:.0} MiB",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        first.iter().sum::<f64>(),
+        rss()
+    );
     Ok(())
 }
 

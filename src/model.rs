@@ -185,6 +185,23 @@ struct OnnxSession {
 }
 
 impl OnnxSession {
+    /// Runs each group (as the tensor `tensor_for` builds for it) and puts the scores back in
+    /// row order.
+    fn run_groups(
+        &mut self,
+        rows: usize,
+        groups: &[batch::Group],
+        mut tensor_for: impl FnMut(&batch::Group) -> Array2<i32>,
+    ) -> Result<Vec<f32>> {
+        let mut scores = vec![f32::NAN; rows];
+        for g in groups {
+            for (&row, score) in g.rows.iter().zip(self.run(tensor_for(g))?) {
+                scores[row] = score;
+            }
+        }
+        Ok(scores)
+    }
+
     /// Runs the plan for this tensor's sequence length (built on first use).
     fn run(&mut self, tokens: Array2<i32>) -> Result<Vec<f32>> {
         let (rows, seq_len) = tokens.dim();
@@ -227,31 +244,65 @@ pub struct Session {
     pad_id: i32,
 }
 
+/// What one more model run costs, in padded positions, when a batch is split into groups of
+/// similar length ([`batch::group_by_length`]). Measured on a 2-core EPYC: a run has ~15 µs of
+/// fixed work (node dispatch, allocations, the pool geometry), a padded position ~0.1 µs.
+const RUN_COST_IN_POSITIONS: usize = 128;
+
 impl Session {
-    /// Scores token-id sequences, padding the batch to its longest sequence. One score per
-    /// sequence, in order.
+    /// Scores token-id sequences. One score per sequence, in order. Sequences of very different
+    /// lengths run in separate groups, each padded to its own longest (a score does not depend
+    /// on padding), so one long tweet does not pad the whole batch.
     pub fn score_ids<S: AsRef<[i32]>>(&mut self, seqs: &[S]) -> Result<Vec<f32>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        self.score_tensor(batch::pad_to_longest(seqs, self.pad_id))
+        let pad_id = self.pad_id;
+        match &mut self.state {
+            SessionState::Constant(s) => Ok(vec![*s; seqs.len()]),
+            SessionState::Onnx(session) => {
+                let lengths: Vec<usize> = seqs.iter().map(|s| s.as_ref().len()).collect();
+                let groups = batch::group_by_length(&lengths, RUN_COST_IN_POSITIONS);
+                session.run_groups(seqs.len(), &groups, |g| {
+                    let rows: Vec<&[i32]> = g.rows.iter().map(|&r| seqs[r].as_ref()).collect();
+                    batch::pad_to(&rows, pad_id, g.len)
+                })
+            }
+        }
     }
 
-    /// Scores an already padded `[batch, seq]` tensor of token ids.
+    /// Scores an already padded `[batch, seq]` tensor of token ids. Trailing padding is not
+    /// significant: rows run in groups of similar unpadded length, as in [`Self::score_ids`].
     pub fn score_tensor(&mut self, tokens: Array2<i32>) -> Result<Vec<f32>> {
-        let rows = tokens.nrows();
+        let (rows, cols) = tokens.dim();
         if rows == 0 {
             return Ok(Vec::new());
         }
-        // The model needs one position; an all-padding column scores exactly like no tokens.
-        let tokens = if tokens.ncols() == 0 {
-            Array2::from_elem((rows, 1), self.pad_id)
-        } else {
-            tokens
-        };
+        let pad_id = self.pad_id;
         match &mut self.state {
             SessionState::Constant(s) => Ok(vec![*s; rows]),
-            SessionState::Onnx(session) => session.run(tokens),
+            SessionState::Onnx(session) => {
+                let lengths: Vec<usize> = tokens
+                    .rows()
+                    .into_iter()
+                    .map(|r| match r.as_slice() {
+                        Some(r) => batch::unpadded_len(r, pad_id),
+                        None => batch::unpadded_len(&r.to_vec(), pad_id),
+                    })
+                    .collect();
+                let groups = batch::group_by_length(&lengths, RUN_COST_IN_POSITIONS);
+                if let [whole] = &groups[..] {
+                    if whole.len == cols {
+                        return session.run(tokens);
+                    }
+                }
+                session.run_groups(rows, &groups, |g| {
+                    // The model needs one position: a group of empty rows gets one pad column.
+                    Array2::from_shape_fn((g.rows.len(), g.len), |(i, j)| {
+                        tokens.get((g.rows[i], j)).copied().unwrap_or(pad_id)
+                    })
+                })
+            }
         }
     }
 
