@@ -170,57 +170,17 @@ def count_params_flops(model, typical_len):
 
 
 def export_onnx(model, path: Path):
-    """Exports the trained model as an equivalent graph that tract runs fast.
+    """Exports the trained model as the "shifted lookup" graph that kafka-infer serves.
 
-    tract lowers Conv1D (as tf2onnx emits it: a 2-D conv with a [1, k] kernel) through a
-    generic im2col that dominated inference time. With widths <= 3 and "same" padding, every
-    convolution is a matrix product over the sequence shifted by -1, 0 and +1 (zeros shifted
-    in, exactly the convolution's own zero padding), so the three convolutions become ONE MatMul
-    [3E -> 3F] built from the trained kernels. Same function, same weights; main() checks the
-    exported graph against Keras.
+    The graph, its derivation and why it is the same function are in model/export.py: each
+    convolution tap's `embedding @ kernel` is folded into a lookup table, the mask into the
+    tables' padding rows, so serving is three table lookups, two adds and a max per position.
+    model/export.py also re-exports an existing model.onnx into this form from its weights.
     """
-    import tf2onnx
+    from export import build_model, weights_from_keras
 
-    widths = HP["kernel_widths"]
-    emb = model.get_layer("embedding").get_weights()[0].copy()
-    # The trained graph multiplies embeddings by the padding mask; a zero padding row does the
-    # same for free (one op fewer per position).
-    emb[PAD_ID] = 0.0
-    e = emb.shape[1]
-    # TF "same" padding puts (k-1)//2 zeros on the left: tap j of width k reads x[t + j - (k-1)//2].
-    shifts = sorted({j - (k - 1) // 2 for k in widths for j in range(k)})
-    kernels = [model.get_layer(f"conv{k}").get_weights() for k in widths]
-    f = kernels[0][0].shape[2]
-    w = np.zeros((len(shifts) * e, f * len(widths)), dtype=np.float32)
-    for c, (k, (kern, _)) in enumerate(zip(widths, kernels)):
-        for j in range(k):
-            s = shifts.index(j - (k - 1) // 2)
-            w[s * e:(s + 1) * e, c * f:(c + 1) * f] = kern[j]
-    bias = np.concatenate([b for _, b in kernels]).astype(np.float32)
-    dense_w, dense_b = model.get_layer("score").get_weights()
-
-    @tf.function(input_signature=(tf.TensorSpec((None, None), tf.int32, name="tokens"),))
-    def serve(tokens):
-        # Constants made inside the function become ONNX initializers (captured ones would
-        # become graph inputs).
-        emb_c, w_c, bias_c = tf.constant(emb), tf.constant(w), tf.constant(bias)
-        dw_c, db_c = tf.constant(dense_w), tf.constant(dense_b)
-        mask = tf.expand_dims(tf.cast(tf.not_equal(tokens, PAD_ID), tf.float32), -1)
-        x = tf.gather(emb_c, tokens)
-        parts = []
-        for d in shifts:  # part d holds x[t + d]
-            if d == 0:
-                parts.append(x)
-            elif d < 0:
-                parts.append(tf.pad(x, [[0, 0], [-d, 0], [0, 0]])[:, :d, :])
-            else:
-                parts.append(tf.pad(x, [[0, 0], [0, d], [0, 0]])[:, d:, :])
-        z = tf.concat(parts, axis=-1)
-        h = tf.nn.relu(tf.einsum("bld,df->blf", z, w_c) + bias_c) * mask
-        pooled = tf.reduce_max(h, axis=1)
-        return {"score": tf.sigmoid(tf.matmul(pooled, dw_c) + db_c)}
-
-    tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=13, output_path=str(path))
+    onnx_model = build_model(weights_from_keras(model, PAD_ID, HP["kernel_widths"]))
+    path.write_bytes(onnx_model.SerializeToString())
 
 
 # ---------------------------------------------------------------------------------------------
