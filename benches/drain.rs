@@ -58,12 +58,22 @@ const CONTENDERS: [Contender; 5] = [
     },
     Contender {
         label: "kafka-infer, real model, exactly-once, 100 ms transactions",
-        args: &["--guarantee", "exactly-once", "--transaction-interval-ms", "100"],
+        args: &[
+            "--guarantee",
+            "exactly-once",
+            "--transaction-interval-ms",
+            "100",
+        ],
         bare: false,
     },
     Contender {
         label: "kafka-infer, real model, exactly-once, 1 s transactions",
-        args: &["--guarantee", "exactly-once", "--transaction-interval-ms", "1000"],
+        args: &[
+            "--guarantee",
+            "exactly-once",
+            "--transaction-interval-ms",
+            "1000",
+        ],
         bare: false,
     },
 ];
@@ -78,11 +88,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let only: Option<Vec<usize>> = std::env::var("DRAIN_ONLY").ok().map(|v| {
-        v.split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect()
-    });
+    let only: Option<Vec<usize>> = std::env::var("DRAIN_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let broker = Kafka::start(1);
     let bootstrap = broker.bootstrap.clone();
     let input = unique("drain-in");
@@ -163,14 +171,13 @@ fn main() {
         );
     }
     let rate_of = |label: &str| rows.iter().find(|r| r.0 == label).map(|r| r.3);
-    if let (Some(real), Some(bare)) = (
-        rate_of(CONTENDERS[0].label),
-        rate_of(CONTENDERS[2].label),
-    ) {
-        println!("\nreal model / bare librdkafka throughput: {:.2}", real / bare);
+    if let (Some(real), Some(bare)) = (rate_of(CONTENDERS[0].label), rate_of(CONTENDERS[2].label)) {
+        println!(
+            "\nreal model / bare librdkafka throughput: {:.2}",
+            real / bare
+        );
     }
-    if let (Some(real), Some(pass)) = (rate_of(CONTENDERS[0].label), rate_of(CONTENDERS[1].label))
-    {
+    if let (Some(real), Some(pass)) = (rate_of(CONTENDERS[0].label), rate_of(CONTENDERS[1].label)) {
         println!("real model / pass-through throughput: {:.2}", real / pass);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kafka_infer::data::test_tweets;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka;
@@ -39,7 +39,10 @@ fn counter(addr: &str, name: &str) -> f64 {
         return 0.0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body.lines()
@@ -56,7 +59,10 @@ fn main() {
     let broker = Kafka::start(1);
     let bootstrap = broker.bootstrap.clone();
     let (input, output, dlq) = (unique("ol-in"), unique("ol-out"), unique("ol-dlq"));
-    create_topics(&bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS), (&dlq, 1)]);
+    create_topics(
+        &bootstrap,
+        &[(&input, PARTITIONS), (&output, PARTITIONS), (&dlq, 1)],
+    );
     let metrics = "127.0.0.1:19877";
     let mut worker = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
         .arg("run")
@@ -79,7 +85,7 @@ fn main() {
         .create()
         .expect("producer");
     let mut sent = 0usize;
-    let mut send_for = |duration: Duration, rate: f64, sent: &mut usize| {
+    let send_for = |duration: Duration, rate: f64, sent: &mut usize| {
         let t0 = Instant::now();
         let start = *sent;
         while t0.elapsed() < duration {
@@ -96,13 +102,17 @@ fn main() {
         }
     };
     // The worker's own capacity: overfeed for 10 s and count what it scored meanwhile.
-    let rate: f64 = match std::env::var("OVERLOAD_RATE").ok().and_then(|v| v.parse().ok()) {
+    let rate: f64 = match std::env::var("OVERLOAD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(r) => r,
         None => {
             send_for(Duration::from_secs(3), 200_000.0, &mut sent);
             let before = counter(metrics, "kafka_infer_records_predicted_total");
             std::thread::sleep(Duration::from_secs(10));
-            let capacity = (counter(metrics, "kafka_infer_records_predicted_total") - before) / 10.0;
+            let capacity =
+                (counter(metrics, "kafka_infer_records_predicted_total") - before) / 10.0;
             println!("worker capacity: {capacity:.0} tweets/s; feeding at 2× that");
             2.0 * capacity
         }

@@ -351,7 +351,11 @@ mod tests {
         t.mark_committed(1);
         assert_eq!(t.uncommitted_position(), None);
         t.forget_committed(1);
-        assert_eq!(t.uncommitted_position(), Some(1), "a failed commit is sent again");
+        assert_eq!(
+            t.uncommitted_position(),
+            Some(1),
+            "a failed commit is sent again"
+        );
         assert!(t.wait_drained(Instant::now()));
     }
 }

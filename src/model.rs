@@ -101,7 +101,10 @@ impl Classifier {
         let tokenizer = Self::tokenizer_of(files)?;
         let version = short_hash(&files.onnx);
         keep_freed_tensor_memory();
-        let plans = Plans::new(BaseModel::from_onnx(&files.onnx)?, tokenizer.max_len().max(1));
+        let plans = Plans::new(
+            BaseModel::from_onnx(&files.onnx)?,
+            tokenizer.max_len().max(1),
+        );
         // Fail at load, not on the first tweet, if the model cannot be specialised.
         plans.get(Some(1))?;
         Ok(Classifier {

@@ -929,7 +929,10 @@ impl ConsumerContext for Source {
         self.shared.metrics.commit_errors_total.inc();
         match &result {
             Err(e) => tracing::warn!("offset commit failed (will retry): {e}"),
-            Ok(()) => tracing::warn!("offset commit failed for {} partitions (will retry)", failed.len()),
+            Ok(()) => tracing::warn!(
+                "offset commit failed for {} partitions (will retry)",
+                failed.len()
+            ),
         }
         let partitions = lock(&self.partitions);
         for (topic, partition, offset) in failed {

@@ -40,7 +40,11 @@ fn survive(broker: &'static Kafka, replication: i32, fault: impl FnOnce(&World))
         want.is_subset(&predicted(o))
     });
     assert_every_input_predicted(&want, &outs, &worker.log_text());
-    assert!(worker.is_running(), "the worker exited:\n{}", worker.log_text());
+    assert!(
+        worker.is_running(),
+        "the worker exited:\n{}",
+        worker.log_text()
+    );
     eprintln!("{sent} sent, {} duplicates", duplicates(&outs));
     w.wait_for_commits(&ends(sent), Duration::from_secs(60), &worker.log_text());
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
