@@ -9,6 +9,7 @@
 //! is scored as soon as it arrives (latency). The decision is the pure function [`decide`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -154,7 +155,12 @@ pub fn run(
                     now.saturating_duration_since(chunk.consumed_at),
                 );
                 let records = chunk.records.len();
-                if !fits(&policy, len, longest, records, chunk.longest) {
+                // A batch is scored by one model: a chunk tokenized by another (a reload
+                // happened in between) starts the next batch.
+                let same_model = chunks
+                    .first()
+                    .is_none_or(|c| Arc::ptr_eq(&c.model, &chunk.model));
+                if !same_model || !fits(&policy, len, longest, records, chunk.longest) {
                     carry = Some(chunk);
                     continue;
                 }

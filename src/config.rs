@@ -177,6 +177,11 @@ impl PipelineArgs {
             transaction_interval: Duration::from_millis(100),
             max_rewinds: 5,
             stall_timeout: Duration::from_secs(120),
+            model_dir: None,
+            model_poll: Duration::from_secs(5),
+            passthrough: self.benchmark_passthrough,
+            shadow_model_dir: None,
+            shadow_topic: None,
         }
     }
 }
@@ -249,6 +254,21 @@ pub struct RunArgs {
     /// for this long.
     #[arg(long, env = "KAFKA_INFER_STALL_TIMEOUT_MS", default_value_t = 120_000)]
     pub stall_timeout_ms: u64,
+    /// With --model-dir: look for a new model there this often (0: only on SIGHUP). A change is
+    /// loaded once the files have stayed the same for one interval, validated against its own
+    /// golden vectors off the hot path, and swapped in between chunks; a model that fails
+    /// validation is rejected (log line, metric) and the live one keeps serving. Replace model
+    /// directories atomically (rename, or switch a symlink) rather than file by file.
+    #[arg(long, env = "KAFKA_INFER_MODEL_POLL_MS", default_value_t = 5000)]
+    pub model_poll_ms: u64,
+    /// A candidate model directory: it scores every batch too, off the hot path (shed, never
+    /// delaying live work, when it cannot keep up), into --shadow-topic with the same key and
+    /// partition; /metrics compares it with the live model (agreement, mean |Δscore|).
+    #[arg(long, env = "KAFKA_INFER_SHADOW_MODEL_DIR", value_name = "DIR")]
+    pub shadow_model_dir: Option<PathBuf>,
+    /// Topic for shadow scores [default: <output topic>.shadow]; must exist.
+    #[arg(long, env = "KAFKA_INFER_SHADOW_TOPIC", requires = "shadow_model_dir")]
+    pub shadow_topic: Option<String>,
     /// Log a one-line stats summary this often.
     #[arg(long, env = "KAFKA_INFER_LOG_INTERVAL_MS", default_value_t = 5000)]
     pub log_interval_ms: u64,
@@ -276,6 +296,10 @@ impl RunArgs {
             transaction_interval: Duration::from_millis(self.transaction_interval_ms),
             max_rewinds: self.max_rewinds,
             stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+            model_dir: self.model.model_dir.clone(),
+            model_poll: Duration::from_millis(self.model_poll_ms),
+            shadow_model_dir: self.shadow_model_dir.clone(),
+            shadow_topic: self.shadow_topic.clone(),
             log_interval: Duration::from_millis(self.log_interval_ms),
             startup_timeout: Duration::from_millis(self.startup_timeout_ms),
             client_properties: self.properties.clone(),

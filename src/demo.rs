@@ -16,7 +16,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use anyhow::{bail, Result};
 use kafka_infer::metrics::{Metrics, Stage};
-use kafka_infer::model::Classifier;
+use kafka_infer::models::Models;
 use kafka_infer::shutdown::Shutdown;
 use kafka_infer::worker::{self, WorkerConfig};
 use rdkafka::error::KafkaError;
@@ -36,7 +36,7 @@ pub struct DemoReport {
 /// Runs the demo and prints its report to stdout. `template` supplies the pipeline tuning;
 /// brokers, topics and group are the demo's own.
 pub fn run(
-    classifier: Classifier,
+    models: Arc<Models>,
     tweets: &[String],
     partitions: i32,
     sample: usize,
@@ -51,7 +51,7 @@ pub fn run(
         mock.create_topic(topic, parts, 1)?;
     }
     let brokers = mock.bootstrap_servers();
-    println!("demo broker at {brokers}; model {}; feeding {} tweets into '{INPUT}' ({partitions} partitions)", classifier.version(), tweets.len());
+    println!("demo broker at {brokers}; model {}; feeding {} tweets into '{INPUT}' ({partitions} partitions)", models.current().version, tweets.len());
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -75,7 +75,7 @@ pub fn run(
     }
     producer.flush(Duration::from_secs(30))?;
 
-    let metrics = Arc::new(Metrics::new(classifier.version()));
+    let metrics = Arc::new(Metrics::new(&models.current().version));
     let cfg = WorkerConfig {
         brokers: brokers.clone(),
         group_id: "kafka-infer-demo".into(),
@@ -87,7 +87,7 @@ pub fn run(
     };
     let (worker_stop, m) = (Shutdown::new(), metrics.clone());
     let stop = worker_stop.clone();
-    let worker = std::thread::spawn(move || worker::run(&cfg, classifier, stop, m));
+    let worker = std::thread::spawn(move || worker::run(&cfg, models, stop, m));
 
     let (scores, drain) = collect(&brokers, partitions, tweets.len(), &shutdown, &worker)?;
     worker_stop.request();

@@ -1,6 +1,8 @@
 //! Inference threads: each takes the next closed batch when it is idle, runs the model once on
-//! all the batch's tweets (padded to the longest), and hands the scored chunks to the output,
-//! which produces them in their partitions' order. Each thread owns its model state.
+//! all the batch's tweets (in groups of similar length, each padded to its longest), and hands
+//! the scored chunks to the output, which produces them in their partitions' order. Each thread
+//! owns its model state: one session per model it meets (the batch says which model tokenized
+//! it; after a reload, the previous model's session serves what is still in flight).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,37 +12,74 @@ use crossbeam_channel::Receiver;
 
 use crate::metrics::{Metrics, Stage};
 use crate::model::Session;
-use crate::pipeline::{Batch, Output, Scored};
+use crate::models::LiveModel;
+use crate::pipeline::{Batch, Output, Scored, Shadow};
 
 /// Runs until the batch channel is closed. `idle` counts threads waiting for a batch (the
-/// batcher closes a batch early while one is).
+/// batcher closes a batch early while one is). `first` is the session of the model live at
+/// start (built by the caller, so a model problem fails start-up).
 pub fn run(
-    mut session: Session,
+    first: (Arc<LiveModel>, Session),
     batches: Receiver<Batch>,
     output: Arc<dyn Output>,
+    shadow: Option<Arc<dyn Shadow>>,
     idle: &AtomicUsize,
     metrics: &Metrics,
 ) {
+    // A handful at most: the live model and, right after a reload, the previous one.
+    let mut sessions: Vec<(Arc<LiveModel>, Session)> = vec![first];
     loop {
         idle.fetch_add(1, Ordering::AcqRel);
         let next = batches.recv();
         idle.fetch_sub(1, Ordering::AcqRel);
         let Ok(batch) = next else { return };
+        let Some(model) = batch.chunks.first().map(|c| c.model.clone()) else {
+            continue;
+        };
         let t0 = Instant::now();
         let ids = batch.tweet_ids();
-        let mut results = if ids.is_empty() {
+        let results = if ids.is_empty() {
             Vec::new()
         } else {
-            session.score_each(&ids)
-        }
-        .into_iter();
+            match session_for(&mut sessions, &model) {
+                Ok(session) => session.score_each(&ids),
+                Err(e) => {
+                    let why = format!("no model session: {e}");
+                    ids.iter().map(|_| Err(why.clone())).collect()
+                }
+            }
+        };
         drop(ids);
         if batch.records > 0 {
             metrics.record(Stage::Inference, t0.elapsed());
         }
+        if let Some(s) = &shadow {
+            s.offer(&batch.chunks, &results);
+        }
+        let mut results = results.into_iter();
         for chunk in batch.chunks {
             let scores = results.by_ref().take(chunk.tweets).collect();
             output.emit(Scored { chunk, scores });
         }
     }
+}
+
+/// This thread's session for `model`, created on first use; sessions of models that are
+/// neither this one nor among the two most recent are dropped.
+fn session_for<'a>(
+    sessions: &'a mut Vec<(Arc<LiveModel>, Session)>,
+    model: &Arc<LiveModel>,
+) -> crate::error::Result<&'a mut Session> {
+    let i = match sessions.iter().position(|(m, _)| m.id == model.id) {
+        Some(i) => i,
+        None => {
+            let s = model.classifier.session()?;
+            sessions.push((model.clone(), s));
+            if sessions.len() > 2 {
+                sessions.remove(0);
+            }
+            sessions.len() - 1
+        }
+    };
+    Ok(&mut sessions[i].1)
 }

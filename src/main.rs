@@ -12,6 +12,7 @@ use kafka_infer::config::{
 use kafka_infer::data::{read_tweets, test_tweets};
 use kafka_infer::metrics::Metrics;
 use kafka_infer::model_files::ModelFiles;
+use kafka_infer::models::{LiveModel, Models};
 use kafka_infer::score::{score_stream, InputFormat};
 use kafka_infer::shutdown::Shutdown;
 use kafka_infer::{worker, Classifier};
@@ -64,20 +65,32 @@ fn restore_sigpipe() {
     }
 }
 
-fn load(model: &ModelArgs, pipeline: Option<&PipelineArgs>) -> anyhow::Result<Classifier> {
-    let files = ModelFiles::from_dir_or_builtin(model.model_dir.as_deref())
-        .context("loading the model given by --model-dir (KAFKA_INFER_MODEL_DIR)")?;
-    let c = if pipeline.is_some_and(|p| p.benchmark_passthrough) {
+fn files(model: &ModelArgs) -> anyhow::Result<ModelFiles> {
+    ModelFiles::from_dir_or_builtin(model.model_dir.as_deref())
+        .context("loading the model given by --model-dir (KAFKA_INFER_MODEL_DIR)")
+}
+
+/// The model for `score` (loaded as is: it scores what the user asks).
+fn load(model: &ModelArgs) -> anyhow::Result<Classifier> {
+    let files = files(model)?;
+    Classifier::from_files(&files)
+        .with_context(|| format!("loading the model from {}", files.origin))
+}
+
+/// The model for the worker: validated against its own golden vectors before it may serve
+/// (or, in pass-through benchmark mode, no model at all).
+fn load_live(model: &ModelArgs, pipeline: &PipelineArgs) -> anyhow::Result<Arc<Models>> {
+    let files = files(model)?;
+    if pipeline.benchmark_passthrough {
         tracing::warn!("BENCHMARK PASSTHROUGH MODE: no model runs; every tweet scores 0.5");
-        Classifier::constant(&files, 0.5)
-    } else {
-        Classifier::from_files(&files)
-    };
-    c.with_context(|| format!("loading the model from {}", files.origin))
+    }
+    let live = LiveModel::load(&files, pipeline.benchmark_passthrough)
+        .with_context(|| format!("loading the model from {}", files.origin))?;
+    Ok(Models::new(live))
 }
 
 fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let classifier = load(&args.model, None)?;
+    let classifier = load(&args.model)?;
     let format = if args.text || args.format == Format::Text {
         InputFormat::Text
     } else {
@@ -106,10 +119,10 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let cfg = args.worker_config();
     // Flag problems first: before the model loads and long before a broker is reached.
     worker::check_properties(&cfg.client_properties)?;
-    let classifier = load(&args.model, Some(&args.pipeline))?;
+    let models = load_live(&args.model, &args.pipeline)?;
     let shutdown = Shutdown::new().on_signals()?;
-    let metrics = Arc::new(Metrics::new(classifier.version()));
-    let summary = worker::run(&cfg, classifier, shutdown, metrics)?;
+    let metrics = Arc::new(Metrics::new(&models.current().version));
+    let summary = worker::run(&cfg, models, shutdown, metrics)?;
     tracing::info!(
         consumed = summary.consumed,
         predicted = summary.predicted,
@@ -134,7 +147,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let classifier = load(&args.model, Some(&args.pipeline))?;
+    let models = load_live(&args.model, &args.pipeline)?;
     let mut tweets = match &args.input {
         Some(path) => {
             read_tweets(path).with_context(|| format!("reading tweets from {}", path.display()))?
@@ -147,7 +160,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let template = args.pipeline.worker_config();
     let shutdown = Shutdown::new().on_signals()?;
     let report = demo::run(
-        classifier,
+        models,
         &tweets,
         args.partitions,
         args.sample,

@@ -78,6 +78,13 @@ pub struct Metrics {
     lag: Family<Labels, Gauge>,
     in_flight: Family<Labels, Gauge>,
     pub in_flight_bytes: Gauge,
+    model_info: Family<Labels, Gauge>,
+    pub shadow_shed_total: Counter,
+    pub shadow_scored_total: Counter,
+    pub shadow_errors_total: Counter,
+    shadow_agreement: Family<Labels, Gauge<f64, AtomicU64>>,
+    shadow_mean_abs_diff: Family<Labels, Gauge<f64, AtomicU64>>,
+    reloads: Family<Labels, Counter>,
     stages_hdr: [Mutex<Hdr<u64>>; 5],
     batch_hdr: Mutex<Hdr<u64>>,
     model_version: String,
@@ -190,10 +197,51 @@ impl Metrics {
             "Bytes held by records between consumption and production (bounded by --max-in-flight-bytes)",
             in_flight_bytes.clone(),
         );
-        let info = Family::<Labels, Gauge>::default();
-        info.get_or_create(&vec![("version", model_version.to_owned())])
+        let model_info = Family::<Labels, Gauge>::default();
+        model_info
+            .get_or_create(&vec![("version", model_version.to_owned())])
             .set(1);
-        registry.register("model_info", "Model version in use", info);
+        registry.register(
+            "model_info",
+            "The live model's version (1 for the one in use)",
+            model_info.clone(),
+        );
+        let shadow_shed_total = Counter::default();
+        registry.register(
+            "shadow_shed",
+            "Tweets the shadow model did not score because its queue was full (live work is never shed)",
+            shadow_shed_total.clone(),
+        );
+        let shadow_scored_total = Counter::default();
+        registry.register(
+            "shadow_scored",
+            "Tweets the shadow model scored",
+            shadow_scored_total.clone(),
+        );
+        let shadow_errors_total = Counter::default();
+        registry.register(
+            "shadow_errors",
+            "Shadow outputs not written (queue full or refused by the broker)",
+            shadow_errors_total.clone(),
+        );
+        let shadow_agreement = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shadow_agreement_rate",
+            "Share of tweets on which the shadow model and the live one agree at the 0.5 threshold",
+            shadow_agreement.clone(),
+        );
+        let shadow_mean_abs_diff = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "shadow_mean_abs_diff",
+            "Mean |shadow score - live score|",
+            shadow_mean_abs_diff.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "model_reloads",
+            "Model reloads by result: ok (swapped in) or rejected (failed validation; the live model kept serving)",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             consumed_total,
@@ -216,6 +264,13 @@ impl Metrics {
             lag,
             in_flight,
             in_flight_bytes,
+            model_info,
+            shadow_shed_total,
+            shadow_scored_total,
+            shadow_errors_total,
+            shadow_agreement,
+            shadow_mean_abs_diff,
+            reloads,
             stages_hdr: std::array::from_fn(|_| Mutex::new(new_hdr())),
             batch_hdr: Mutex::new(new_hdr()),
             model_version: model_version.to_owned(),
@@ -302,6 +357,33 @@ impl Metrics {
 
     pub fn model_version(&self) -> &str {
         &self.model_version
+    }
+
+    /// A reload swapped model `from` for model `to`.
+    pub fn model_swapped(&self, from: &str, to: &str) {
+        self.model_info.remove(&vec![("version", from.to_owned())]);
+        self.model_info
+            .get_or_create(&vec![("version", to.to_owned())])
+            .set(1);
+        self.reloads
+            .get_or_create(&vec![("result", "ok".to_owned())])
+            .inc();
+    }
+
+    /// Shadow comparison so far for candidate `version`.
+    pub fn set_shadow_comparison(&self, version: &str, agreement: f64, mean_abs_diff: f64) {
+        let l = vec![("version", version.to_owned())];
+        self.shadow_agreement.get_or_create(&l).set(agreement);
+        self.shadow_mean_abs_diff
+            .get_or_create(&l)
+            .set(mean_abs_diff);
+    }
+
+    /// A reload was rejected; the live model keeps serving.
+    pub fn model_rejected(&self) {
+        self.reloads
+            .get_or_create(&vec![("result", "rejected".to_owned())])
+            .inc();
     }
 
     pub fn uptime(&self) -> Duration {

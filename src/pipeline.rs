@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::commit::PartitionTracker;
 use crate::json::DecodeError;
+use crate::models::LiveModel;
 
 /// One assigned input partition, for one stretch of consumption: from an assignment (or a
 /// rewind to the last commit after a failed delivery) until its revocation (or the next
@@ -181,6 +182,8 @@ pub struct Record {
 /// sit in two buffers, so a chunk costs a few allocations however many records it holds.
 pub struct Chunk {
     pub lane: Arc<Lane>,
+    /// The model whose tokenizer produced the ids: it, and only it, scores them.
+    pub model: Arc<LiveModel>,
     /// Position among its lane's chunks (0, 1, 2, …): the sink emits a lane's chunks in this order.
     pub seq: u64,
     pub records: Vec<Record>,
@@ -197,9 +200,10 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub fn new(lane: Arc<Lane>, seq: u64) -> Chunk {
+    pub fn new(lane: Arc<Lane>, model: Arc<LiveModel>, seq: u64) -> Chunk {
         Chunk {
             lane,
+            model,
             seq,
             records: Vec::new(),
             bytes: Vec::new(),
@@ -270,7 +274,7 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Chunks closed together for one inference run.
+/// Chunks closed together for one inference run (all tokenized by the same model).
 pub struct Batch {
     pub chunks: Vec<Chunk>,
     /// Records in all chunks (tweets and invalid ones) and the longest tweet, in ids.
@@ -321,6 +325,13 @@ pub trait Output: Send + Sync {
     fn close(&self, lane: &Lane, timeout: Duration);
     /// True if this output commits input offsets itself (exactly-once).
     fn transactional(&self) -> bool;
+}
+
+/// Where inference threads offer each scored batch for shadow scoring (implemented by
+/// `shadow::ShadowStage`). Offering never blocks: what the shadow side cannot take is shed.
+pub trait Shadow: Send + Sync {
+    /// `scores`: one live result per tweet record of `chunks`, in order.
+    fn offer(&self, chunks: &[Chunk], scores: &[Result<f32, String>]);
 }
 
 /// A bound on the bytes held by chunks in flight (consumed, not yet produced). Partition

@@ -57,7 +57,6 @@ pub struct SinkConfig {
     pub source_topic: String,
     /// True: prediction for input partition p goes to output partition p. False: by key hash.
     pub same_partition: bool,
-    pub model_version: String,
     pub guarantee: Guarantee,
     /// The producer's librdkafka configuration (bootstrap servers, security, user properties).
     pub client: ClientConfig,
@@ -129,7 +128,10 @@ impl ClientContext for SinkContext {
         let fatal = matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal));
         match (&self.lane, fatal) {
             (Some(lane), true) => {
-                let kind = if reason.to_ascii_lowercase().contains("fenced") {
+                let code = error.rdkafka_error_code();
+                let kind = if code.is_some_and(is_fenced)
+                    || reason.to_ascii_lowercase().contains("fenced")
+                {
                     FailureKind::Fenced
                 } else {
                     FailureKind::Other
@@ -169,10 +171,7 @@ impl SinkContext {
             self.dlq_cap
                 .fetch_min(DLQ_MIN_VALUE_BYTES, Ordering::AcqRel);
             FailureKind::DeadLetterTooLarge { size }
-        } else if matches!(
-            e.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        ) {
+        } else if e.rdkafka_error_code().is_some_and(is_fenced) {
             FailureKind::Fenced
         } else {
             FailureKind::Other
@@ -264,13 +263,15 @@ impl Sink {
         Ok(())
     }
 
-    fn headers(&self, partition: i32, offset: i64) -> OwnedHeaders {
+    /// The headers every output carries: the version of the model that scored it (of the
+    /// chunk's model: a reload never relabels work in flight) and where its input came from.
+    fn headers(&self, version: &str, partition: i32, offset: i64) -> OwnedHeaders {
         let mut p = itoa::Buffer::new();
         let mut o = itoa::Buffer::new();
         OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: "model-version",
-                value: Some(self.cfg.model_version.as_bytes()),
+                value: Some(version.as_bytes()),
             })
             .insert(Header {
                 key: "source-topic",
@@ -326,7 +327,7 @@ impl Sink {
         let ctx = sl.producer.context();
         for (i, (r, outcome)) in chunk.records.iter().zip(outcomes).enumerate() {
             let key = chunk.key(r);
-            let headers = self.headers(lane.partition, r.offset);
+            let headers = self.headers(&chunk.model.version, lane.partition, r.offset);
             let mut payload = [0u8; 128];
             let sent = match &outcome {
                 Ok(score) => {
@@ -518,10 +519,11 @@ impl Output for Sink {
             .add_partition_offset(&lane.topic, lane.partition, Offset::Offset(position))
             .map_err(|e| e.to_string())?;
         let describe = |what: &str, e: KafkaError| {
-            let fenced = matches!(
-                e.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-            );
+            // After a fatal error the producer answers every call with a state error; the
+            // fatal error itself says whether this instance was fenced.
+            let fatal = sl.producer.client().fatal_error().map(|(code, _)| code);
+            let fenced =
+                e.rdkafka_error_code().is_some_and(is_fenced) || fatal.is_some_and(is_fenced);
             format!(
                 "partition {}: {what}: {e}{}",
                 lane.partition,
@@ -568,6 +570,115 @@ impl std::fmt::Debug for Sink {
             .field("guarantee", &self.cfg.guarantee)
             .finish_non_exhaustive()
     }
+}
+
+/// The shadow model's outputs: best effort, outside commit tracking and transactions (a
+/// candidate's scores must never hold up, or be committed with, the live ones).
+pub struct ShadowSink {
+    producer: ThreadedProducer<ShadowContext>,
+    topic: String,
+    same_partition: bool,
+}
+
+/// Counts shadow outputs the broker did not take.
+pub struct ShadowContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for ShadowContext {}
+
+impl ProducerContext for ShadowContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.metrics.shadow_errors_total.inc();
+        }
+    }
+}
+
+impl ShadowSink {
+    /// `client`: the producer configuration (without a transactional id).
+    pub fn new(
+        client: &ClientConfig,
+        topic: String,
+        same_partition: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<ShadowSink> {
+        let mut client = client.clone();
+        client.remove("transactional.id");
+        Ok(ShadowSink {
+            producer: client.create_with_context(ShadowContext { metrics })?,
+            topic,
+            same_partition,
+        })
+    }
+
+    /// Waits up to `timeout` for queued shadow outputs.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+impl crate::shadow::ShadowOutput for ShadowSink {
+    fn send(
+        &self,
+        input_partition: i32,
+        key: Option<&[u8]>,
+        score: f32,
+        timestamp: Option<i64>,
+        candidate: &str,
+        live: &str,
+        source: (&str, i32, i64),
+    ) {
+        let mut payload = [0u8; 128];
+        let len = encode_score(score, &mut payload);
+        let (mut p, mut o) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: "model-version",
+                value: Some(candidate.as_bytes()),
+            })
+            .insert(Header {
+                key: "live-model-version",
+                value: Some(live.as_bytes()),
+            })
+            .insert(Header {
+                key: "source-topic",
+                value: Some(source.0.as_bytes()),
+            })
+            .insert(Header {
+                key: "source-partition",
+                value: Some(p.format(source.1).as_bytes()),
+            })
+            .insert(Header {
+                key: "source-offset",
+                value: Some(o.format(source.2).as_bytes()),
+            });
+        let rec = BaseRecord {
+            topic: self.topic.as_str(),
+            partition: self.same_partition.then_some(input_partition),
+            payload: Some(&payload[..len]),
+            key,
+            timestamp,
+            headers: Some(headers),
+            delivery_opaque: (),
+        };
+        // Best effort: a full queue sheds the shadow output rather than wait.
+        if self.producer.send(rec).is_err() {
+            self.producer.context().metrics.shadow_errors_total.inc();
+        }
+    }
+}
+
+/// Errors that mean another producer with the same `transactional.id` took over.
+fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+    )
 }
 
 /// Kafka's own default `message.max.bytes` for producers and topics.

@@ -37,8 +37,8 @@ use rdkafka::ClientContext;
 
 use crate::json::{DecodeError, JsonDecoder};
 use crate::metrics::Metrics;
+use crate::models::Models;
 use crate::pipeline::{Body, Budget, Chunk, FailureKind, Lane, LaneState, Output, Record};
-use crate::preprocess::Tokenizer;
 use crate::shutdown::Shutdown;
 
 /// How the source behaves.
@@ -58,6 +58,11 @@ pub struct SourceConfig {
     pub transaction_interval: Duration,
     /// Rewinds of one partition in a row without progress before the worker gives up.
     pub max_rewinds: u32,
+    /// Exactly-once: how long a failed partition waits before re-initialising its
+    /// transactional producer (two consumer heartbeats). A zombie — an instance that was
+    /// frozen while the group moved its partitions on — learns from its next heartbeat that it
+    /// lost them; re-initialising first would fence the partition's rightful owner.
+    pub rejoin_grace: Duration,
 }
 
 /// How long a fenced partition waits for the group to take it away before the worker gives up.
@@ -65,7 +70,9 @@ const FENCED_WAIT: Duration = Duration::from_secs(60);
 
 /// What every partition thread shares.
 pub struct SourceShared {
-    pub tokenizer: Arc<Tokenizer>,
+    /// The live model: each chunk is tokenized by (and later scored with) the one live when
+    /// the chunk was started.
+    pub models: Arc<Models>,
     pub output: Arc<dyn Output>,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<Budget>,
@@ -492,7 +499,9 @@ impl PartitionThread {
                 self.commit_transaction(&lane, Instant::now() + cfg.drain_timeout);
                 continue;
             }
-            let c = chunk.get_or_insert_with(|| Chunk::new(lane.clone(), self.seq));
+            let c = chunk.get_or_insert_with(|| {
+                Chunk::new(lane.clone(), self.shared.models.current(), self.seq)
+            });
             let wait = if c.records.is_empty() {
                 Duration::from_millis(100)
             } else {
@@ -562,7 +571,10 @@ impl PartitionThread {
         self.next_offset = Some(offset + 1);
         self.lane_first.get_or_insert(offset);
         if chunk.records.is_empty() {
+            // A chunk starts with its first record: time and model are those of that moment
+            // (an empty chunk may have waited through a reload).
             chunk.consumed_at = Instant::now();
+            chunk.model = self.shared.models.current();
         }
         let key = msg.key().map(|k| chunk.store(k));
         let raw = msg.payload();
@@ -578,7 +590,11 @@ impl PartitionThread {
                 let start = chunk.ids.len();
                 match self.decoder.decode(p, &mut self.scratch) {
                     Ok(text) => {
-                        self.shared.tokenizer.encode_append(text, &mut chunk.ids);
+                        chunk
+                            .model
+                            .classifier
+                            .tokenizer()
+                            .encode_append(text, &mut chunk.ids);
                         chunk.tweet_from(start)
                     }
                     Err(e) => Body::Invalid(e),
@@ -707,7 +723,10 @@ impl PartitionThread {
         // Back off (0.2, 0.4, 0.8 … 6.4 s) so that a broker that rejects everything is not
         // hammered; with the default 5 rewinds a stuck partition stops the worker in ~6 s plus
         // the deliveries' own timeouts.
-        let backoff = Duration::from_millis(100 << self.rewinds.min(6));
+        let mut backoff = Duration::from_millis(100 << self.rewinds.min(6));
+        if self.shared.output.transactional() {
+            backoff = backoff.max(self.shared.cfg.rejoin_grace);
+        }
         let until = Instant::now() + backoff;
         while Instant::now() < until {
             if self.signal.is_set() {

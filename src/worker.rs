@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::http;
 use crate::infer;
 use crate::metrics::Metrics;
-use crate::model::Classifier;
+use crate::models::{self, Models, Reload, Reloader};
 use crate::pipeline::{Batch, Budget, Chunk, Output};
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Guarantee, Sink, SinkConfig};
@@ -69,6 +69,16 @@ pub struct WorkerConfig {
     pub max_rewinds: u32,
     /// `/healthz` fails when a partition has records in flight and no acknowledgement for this long.
     pub stall_timeout: Duration,
+    /// The model directory to watch for new models (`None`: the built-in model, no reloads).
+    pub model_dir: Option<std::path::PathBuf>,
+    /// How often to look at the model directory (zero: only on SIGHUP).
+    pub model_poll: Duration,
+    /// Benchmark pass-through mode (no model runs; no reloads).
+    pub passthrough: bool,
+    /// A candidate model that scores every batch too, off the hot path, into `shadow_topic`.
+    pub shadow_model_dir: Option<std::path::PathBuf>,
+    /// Where shadow scores go (default `<output topic>.shadow`).
+    pub shadow_topic: Option<String>,
 }
 
 /// Totals and outcome when the worker stops.
@@ -243,11 +253,12 @@ fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()
 /// commits and returns a summary.
 pub fn run(
     cfg: &WorkerConfig,
-    classifier: Classifier,
+    models: Arc<Models>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
+    let live = models.current();
     if cfg.channel_capacity == 0 || cfg.policy.max_batch == 0 || cfg.inference_threads == 0 {
         return Err(Error::Config(
             "channel capacity, batch size and inference threads must be ≥ 1".into(),
@@ -287,6 +298,20 @@ pub fn run(
     let inputs = partition_count(&probe, &cfg.brokers, &cfg.input_topic, "input", t)?;
     let outputs = partition_count(&probe, &cfg.brokers, &cfg.output_topic, "output", t)?;
     partition_count(&probe, &cfg.brokers, &cfg.dlq_topic, "dead-letter", t)?;
+    let shadow_topic = cfg
+        .shadow_topic
+        .clone()
+        .unwrap_or_else(|| format!("{}.shadow", cfg.output_topic));
+    let shadow_model = match &cfg.shadow_model_dir {
+        Some(dir) => {
+            let shadows = partition_count(&probe, &cfg.brokers, &shadow_topic, "shadow", t)?;
+            let files = crate::model_files::ModelFiles::read(dir)?;
+            let model = models::LiveModel::load(&files, false)?;
+            tracing::info!(version = model.version, dir = %dir.display(), topic = shadow_topic, "shadow model");
+            Some((model, shadows >= inputs))
+        }
+        None => None,
+    };
     drop(probe);
     let same_partition = outputs >= inputs;
     let producer_max = number(
@@ -303,7 +328,6 @@ pub fn run(
             dlq_topic: cfg.dlq_topic.clone(),
             source_topic: cfg.input_topic.clone(),
             same_partition,
-            model_version: classifier.version().to_owned(),
             guarantee: cfg.guarantee,
             client: producer_cfg.clone(),
             transactional_id_prefix: cfg
@@ -321,7 +345,8 @@ pub fn run(
         input = cfg.input_topic,
         output = cfg.output_topic,
         dlq = cfg.dlq_topic,
-        model_version = classifier.version(),
+        model_version = live.version,
+        model = live.origin,
         guarantee = ?cfg.guarantee,
         routing = if same_partition {
             "same partition"
@@ -331,6 +356,21 @@ pub fn run(
         "starting worker ({inputs} input / {outputs} output partitions)"
     );
 
+    let mut shadow_thread = None;
+    let shadow: Option<Arc<dyn crate::pipeline::Shadow>> = match shadow_model {
+        Some((model, same)) => {
+            let out = Arc::new(sink::ShadowSink::new(
+                &producer_cfg,
+                shadow_topic.clone(),
+                same,
+                metrics.clone(),
+            )?);
+            let (stage, handle) = crate::shadow::start(model, out.clone(), metrics.clone(), 8)?;
+            shadow_thread = Some((handle, out));
+            Some(stage)
+        }
+        None => None,
+    };
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(cfg.channel_capacity);
     // Prefetch-one: a closed batch waits here while every inference thread is busy.
     let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Batch>(1);
@@ -345,16 +385,17 @@ pub fn run(
     // a model problem fails start-up rather than a thread.
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<()>>(cfg.inference_threads);
     for i in 0..cfg.inference_threads {
-        let (rx, out, m, c, ready) = (
+        let (rx, out, m, model, ready, shadow) = (
             batch_rx.clone(),
             sink.clone() as Arc<dyn Output>,
             metrics.clone(),
-            classifier.clone(),
+            live.clone(),
             ready_tx.clone(),
+            shadow.clone(),
         );
         let idle = idle_threads.clone();
         pipeline.push(spawn(&format!("inference-{i}"), move || {
-            let session = match c.session() {
+            let session = match model.classifier.session() {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -363,7 +404,7 @@ pub fn run(
             };
             let _ = ready.send(Ok(()));
             drop(ready);
-            infer::run(session, rx, out, &idle, &m);
+            infer::run((model, session), rx, out, shadow, &idle, &m);
         })?);
     }
     drop(ready_tx);
@@ -372,11 +413,11 @@ pub fn run(
             .recv()
             .map_err(|_| Error::Model("an inference thread died at start-up".into()))??;
     }
-    drop(batch_rx);
+    drop((batch_rx, shadow));
 
     let budget = Budget::new(cfg.max_in_flight_bytes);
     let shared = SourceShared {
-        tokenizer: Arc::new(classifier.tokenizer().clone()),
+        models: models.clone(),
         output: sink.clone(),
         metrics: metrics.clone(),
         budget: budget.clone(),
@@ -389,6 +430,11 @@ pub fn run(
             commit_timeout,
             transaction_interval: cfg.transaction_interval,
             max_rewinds: cfg.max_rewinds,
+            rejoin_grace: 2 * Duration::from_millis(number(
+                &consumer_cfg,
+                "heartbeat.interval.ms",
+                3000,
+            )),
         },
     };
     let context = Source::new(shared, chunk_tx);
@@ -409,6 +455,39 @@ pub fn run(
         let bound = http::serve(addr, metrics.clone(), health)?;
         tracing::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
     }
+    let reloads = match &cfg.model_dir {
+        Some(dir) if !cfg.passthrough => {
+            let (m, st) = (metrics.clone(), shutdown.clone());
+            let hup = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+                .map_err(|e| Error::Config(format!("cannot install the SIGHUP handler: {e}")))?;
+            tracing::info!(
+                dir = %dir.display(),
+                poll_ms = cfg.model_poll.as_millis() as u64,
+                "watching the model directory (SIGHUP reloads at once)"
+            );
+            Some(models::spawn_reloader(
+                Reloader::new(dir.clone(), models.clone()),
+                cfg.model_poll,
+                hup,
+                move || st.is_requested(),
+                move |outcome| match outcome {
+                    Reload::Swapped { from, to } => {
+                        tracing::info!(from, to, "model reloaded");
+                        m.model_swapped(from, to);
+                    }
+                    Reload::Rejected(why) => {
+                        tracing::error!(
+                            "model reload rejected, the live model keeps serving: {why}"
+                        );
+                        m.model_rejected();
+                    }
+                    Reload::Unchanged => {}
+                },
+            )?)
+        }
+        _ => None,
+    };
     consumer.subscribe(&[&cfg.input_topic])?;
 
     let mut last_commit = Instant::now();
@@ -468,8 +547,21 @@ pub fn run(
     if let Err(e) = sink.flush(Duration::from_secs(5)) {
         tracing::warn!("producer flush: {e}");
     }
+    if let Some((handle, out)) = shadow_thread {
+        // The inference threads are gone, so the shadow queue is closed: what it holds is
+        // scored (bounded: a few batches), then the thread ends.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out.flush(Duration::from_secs(2));
+    }
     consumer.unsubscribe();
     drop(consumer);
+    if let Some(h) = reloads {
+        // It checks the stop flag every 100 ms; a load in progress finishes first.
+        let _ = h.join();
+    }
     let summary = RunSummary {
         consumed: metrics.consumed_total.get(),
         predicted: metrics.predicted_total.get(),

@@ -114,7 +114,8 @@ fn a_zombie_worker_is_fenced_and_its_late_writes_are_never_visible() {
         "the zombie was never fenced\n{logs}"
     );
     assert_exactly_once(&w, sent, &logs);
-    assert_eq!(other.terminate(Duration::from_secs(30)), Some(0));
+    let code = other.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", other.log_text());
 }
 
 #[test]

@@ -10,9 +10,9 @@ use kafka_infer::batcher::BatchPolicy;
 use kafka_infer::config::{Cli, Command};
 use kafka_infer::metrics::Metrics;
 use kafka_infer::model_files::ModelFiles;
+use kafka_infer::models::{LiveModel, Models};
 use kafka_infer::shutdown::Shutdown;
 use kafka_infer::worker::{self, WorkerConfig};
-use kafka_infer::Classifier;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -108,7 +108,7 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 80],
     );
 
-    let classifier = Classifier::from_files(&ModelFiles::builtin()).expect("model");
+    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
     let cfg = WorkerConfig {
         brokers: brokers.clone(),
         group_id: "faults".into(),
@@ -129,10 +129,10 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
         max_rewinds: 50,
         ..defaults()
     };
-    let metrics = Arc::new(Metrics::new(classifier.version()));
+    let metrics = Arc::new(Metrics::new(&models.current().version));
     let shutdown = Shutdown::new();
     let (m, s) = (metrics.clone(), shutdown.clone());
-    let worker = std::thread::spawn(move || worker::run(&cfg, classifier, s, m));
+    let worker = std::thread::spawn(move || worker::run(&cfg, models, s, m));
 
     // While deliveries fail: whatever is committed has been delivered.
     let deadline = Instant::now() + Duration::from_secs(60);
