@@ -44,7 +44,7 @@ pub enum Command {
     /// start-up error (bad flag, broker unreachable, topic missing, bad model); 2 stopped with
     /// records undelivered (they are re-processed after a restart); 3 stopped because something
     /// could not be handled (a partition that cannot make progress, a fatal client error).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Zero-setup demo: an in-process DEMO broker (librdkafka's mock cluster), the real worker,
     /// and the tweets of test.csv; prints sample scores, throughput and latency.
     Demo(DemoArgs),

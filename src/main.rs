@@ -40,7 +40,7 @@ fn main() {
             restore_sigpipe();
             score(args).map(|()| 0)
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Demo(args) => {
             restore_sigpipe();
             run_demo(args).map(|()| 0)
