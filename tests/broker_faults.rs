@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::kafka::Kafka;
+use support::report::Scenario;
 use support::*;
 
 /// The node (its `node.id`, 1-based as scripts/kafka numbers them) leading `topic`/`partition`.
@@ -26,9 +27,15 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> usize {
     usize::try_from(leader).expect("a leader")
 }
 
-fn survive(broker: &'static Kafka, replication: i32, fault: impl FnOnce(&World)) {
+fn survive(
+    name: &'static str,
+    broker: &'static Kafka,
+    replication: i32,
+    fault: impl FnOnce(&World),
+) {
     let w = World::on(broker, replication);
     let feeder = w.feed(300);
+    let mut sc = Scenario::start(name, &w.bootstrap(), &w.output, PARTITIONS);
     let mut worker = w.start_worker(&[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 300);
     fault(&w);
@@ -47,28 +54,40 @@ fn survive(broker: &'static Kafka, replication: i32, fault: impl FnOnce(&World))
     );
     eprintln!("{sent} sent, {} duplicates", duplicates(&outs));
     w.wait_for_commits(&ends(sent), Duration::from_secs(60), &worker.log_text());
+    worker.sample(&mut sc);
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    report_run(sc, sent, &outs, "the worker never exited");
 }
 
 #[test]
 fn the_leader_of_an_input_partition_killed_and_restarted_in_a_three_node_cluster_loses_nothing() {
     let cluster: &'static Kafka = Box::leak(Box::new(Kafka::start(3)));
-    survive(cluster, 3, |w| {
-        let leader = leader_of(&w.bootstrap(), &w.input, 0);
-        cluster.kill_node(leader);
-        // Past the broker session timeout (9 s): the dead node is fenced, leadership moves.
-        std::thread::sleep(Duration::from_secs(12));
-        cluster.start_node(leader);
-    });
+    survive(
+        "3-node cluster: an input partition's leader SIGKILLed, restarted 12 s later",
+        cluster,
+        3,
+        |w| {
+            let leader = leader_of(&w.bootstrap(), &w.input, 0);
+            cluster.kill_node(leader);
+            // Past the broker session timeout (9 s): the dead node is fenced, leadership moves.
+            std::thread::sleep(Duration::from_secs(12));
+            cluster.start_node(leader);
+        },
+    );
 }
 
 #[test]
 fn a_single_broker_stopped_and_restarted_with_its_data_loses_nothing() {
     let broker: &'static Kafka = Box::leak(Box::new(Kafka::start(1)));
-    survive(broker, 1, |_| {
-        broker.stop_node(1);
-        // Longer than the worker's session timeout (6 s): its partitions are lost meanwhile.
-        std::thread::sleep(Duration::from_secs(10));
-        broker.start_node(1);
-    });
+    survive(
+        "single broker stopped for 10 s and restarted with its data",
+        broker,
+        1,
+        |_| {
+            broker.stop_node(1);
+            // Longer than the worker's session timeout (6 s): its partitions are lost meanwhile.
+            std::thread::sleep(Duration::from_secs(10));
+            broker.start_node(1);
+        },
+    );
 }

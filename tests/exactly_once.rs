@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::report::Scenario;
 use support::*;
 
 const EOS: [&str; 4] = [
@@ -22,8 +23,9 @@ fn eos_worker(w: &World, extra: &[&str]) -> Worker {
     w.start_worker(&args)
 }
 
-/// Every input exactly once for read_committed; returns the read_uncommitted duplicates.
-fn assert_exactly_once(w: &World, sent: usize, logs: &str) -> usize {
+/// Every input exactly once for read_committed; returns the read_uncommitted duplicates (and
+/// reports the run).
+fn assert_exactly_once(w: &World, sc: Scenario, sent: usize, logs: &str) -> usize {
     let want = all_inputs(sent);
     let committed = w.read_isolated(
         &w.output,
@@ -43,13 +45,26 @@ fn assert_exactly_once(w: &World, sent: usize, logs: &str) -> usize {
     let uncommitted = w.read(&w.output, WAIT, Duration::from_secs(2), |o| {
         want.is_subset(&predicted(o))
     });
-    duplicates(&uncommitted)
+    let aborted = duplicates(&uncommitted);
+    report_run(
+        sc,
+        sent,
+        &committed,
+        format!("read_committed; a read_uncommitted reader saw {aborted} aborted duplicates"),
+    );
+    aborted
 }
 
 #[test]
 fn exactly_once_through_twenty_kill9s_of_two_workers_under_load() {
     let w = World::new();
     let feeder = w.feed(400);
+    let mut sc = Scenario::start(
+        "exactly-once: kill -9 20 times, 2 workers, 400 tweets/s",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut workers = [eos_worker(&w, &[]), eos_worker(&w, &[])];
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -65,12 +80,13 @@ fn exactly_once_through_twenty_kill9s_of_two_workers_under_load() {
             "records in flight in the victim",
             || workers[victim].in_flight() > 0,
         );
+        workers[victim].sample(&mut sc);
         workers[victim].kill9();
         workers[victim] = eos_worker(&w, &[]);
     }
     let sent = feeder.stop();
     let logs = format!("{}\n----\n{}", workers[0].log_text(), workers[1].log_text());
-    let aborted_dups = assert_exactly_once(&w, sent, &logs);
+    let aborted_dups = assert_exactly_once(&w, sc, sent, &logs);
     eprintln!("{sent} inputs; read_uncommitted saw {aborted_dups} aborted duplicates");
     // The kills left open transactions behind: a reader that does not skip aborted records
     // sees their outputs twice — so the read_committed count of 0 is a real measurement.
@@ -87,6 +103,12 @@ fn exactly_once_through_twenty_kill9s_of_two_workers_under_load() {
 fn a_zombie_worker_is_fenced_and_its_late_writes_are_never_visible() {
     let w = World::new();
     let feeder = w.feed(300);
+    let sc = Scenario::start(
+        "exactly-once: a zombie frozen 12 s (past its session) and woken",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let zombie = eos_worker(&w, &[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     let mut other = eos_worker(&w, &[]);
@@ -113,7 +135,7 @@ fn a_zombie_worker_is_fenced_and_its_late_writes_are_never_visible() {
         logs.contains("fenced") || logs.contains("Fenced"),
         "the zombie was never fenced\n{logs}"
     );
-    assert_exactly_once(&w, sent, &logs);
+    assert_exactly_once(&w, sc, sent, &logs);
     let code = other.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", other.log_text());
 }
@@ -122,6 +144,12 @@ fn a_zombie_worker_is_fenced_and_its_late_writes_are_never_visible() {
 fn rebalance_churn_keeps_exactly_once() {
     let w = World::new();
     let feeder = w.feed(400);
+    let sc = Scenario::start(
+        "exactly-once: a worker joins and leaves 6 times",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut stable = eos_worker(&w, &[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     for round in 0..6 {
@@ -133,6 +161,6 @@ fn rebalance_churn_keeps_exactly_once() {
         assert_eq!(joiner.terminate(Duration::from_secs(30)), Some(0));
     }
     let sent = feeder.stop();
-    assert_exactly_once(&w, sent, &stable.log_text());
+    assert_exactly_once(&w, sc, sent, &stable.log_text());
     assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
 }

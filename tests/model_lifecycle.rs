@@ -116,6 +116,12 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     let d = dirs("reload");
     let w = World::new();
     let live = d.live.to_string_lossy().into_owned();
+    let sc = support::report::Scenario::start(
+        "model reloads A → B → broken → A while streaming",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut worker = w.start_worker(&["--model-dir", &live, "--model-poll-ms", "300"]);
     let feeder = w.feed(300);
     let version = |dir: &Path| Classifier::load(dir).expect("model").version().to_owned();
@@ -175,6 +181,7 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     }
     assert_scored_by_their_version(&w, &outs, &[&d.a, &d.b]);
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    report_run(sc, sent, &outs, "the broken model never served");
     let _ = std::fs::remove_dir_all(&d.root);
 }
 

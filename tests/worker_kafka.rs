@@ -11,6 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use support::report::Scenario;
 use support::*;
 
 const QUIET: Duration = Duration::from_secs(3);
@@ -98,9 +99,16 @@ fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() 
     // Every output waits 3 s in the producer while consumption and commits (every 200 ms) go
     // on: a worker that committed what it consumed, instead of what was acknowledged, would
     // have committed past hundreds of records without outputs by the time of the kill.
+    let mut sc = Scenario::start(
+        "kill -9 with 3 s of outputs in flight, then restart",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut worker = start_held(&w, 3000, &["--max-batch", "32"]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 300);
     let in_flight = wait_in_flight(&worker, 500);
+    worker.sample(&mut sc);
     worker.kill9();
     let committed = w.committed();
     let at_kill = w.read(&w.output, Duration::from_secs(4), Duration::ZERO, |_| false);
@@ -122,7 +130,14 @@ fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() 
         "{dups} duplicates for {in_flight} in flight"
     );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &restarted.log_text());
+    restarted.sample(&mut sc);
     assert_eq!(restarted.terminate(Duration::from_secs(30)), Some(0));
+    report_run(
+        sc,
+        sent,
+        &outs,
+        format!("{in_flight} in flight at the kill"),
+    );
 }
 
 #[test]
@@ -131,6 +146,12 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
     let rate = 600;
     let feeder = w.feed(rate);
     let extra = ["--max-batch", "32"];
+    let mut sc = Scenario::start(
+        "kill -9 20 times, 2 workers, 3 partitions, 600 tweets/s",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut workers = [w.start_worker(&extra), w.start_worker(&extra)];
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 200);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -152,6 +173,7 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
                 in_flight > 0
             },
         );
+        workers[victim].sample(&mut sc);
         workers[victim].kill9();
         in_flight_at_kills += in_flight;
         // Commits at the kill never passed an unacknowledged record.
@@ -174,9 +196,16 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
     assert!(dups <= bound, "{dups} duplicates > bound {bound}");
     w.wait_for_commits(&ends(sent), Duration::from_secs(60), &logs);
     for mut worker in workers {
+        worker.sample(&mut sc);
         let code = worker.terminate(Duration::from_secs(30));
         assert_eq!(code, Some(0), "{}", worker.log_text());
     }
+    report_run(
+        sc,
+        sent,
+        &outs,
+        format!("{in_flight_at_kills} records in flight at the 20 kills"),
+    );
 }
 
 #[test]
@@ -185,6 +214,12 @@ fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
     let feeder = w.feed(500);
     // The first worker's outputs wait 2 s in its producer: whenever the revoke comes, it
     // finds records in flight and must wait for them (drain timeout 5 s) before handing over.
+    let mut sc = Scenario::start(
+        "a worker joins while the other has 2 s of outputs in flight",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut first = start_held(&w, 2000, &["--max-batch", "16"]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| !o.is_empty());
     wait_in_flight(&first, 50);
@@ -217,14 +252,28 @@ fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
         "a drained hand-over scores nothing twice"
     );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &logs);
+    first.sample(&mut sc);
+    second.sample(&mut sc);
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
+    report_run(
+        sc,
+        sent,
+        &outs,
+        format!("revoke began with {in_flight} in flight, drained"),
+    );
 }
 
 #[test]
 fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
     let w = World::new();
     let feeder = w.feed(500);
+    let mut sc = Scenario::start(
+        "group churn: a worker joins and leaves 10 times",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut stable = w.start_worker(&[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     for round in 0..10 {
@@ -233,6 +282,7 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
             .wait_for_log("partition assigned", WAIT)
             .unwrap_or_else(|| panic!("round {round}: no partition\n{}", joiner.log_text()));
         std::thread::sleep(Duration::from_millis(500));
+        joiner.sample(&mut sc);
         // Leaving hands its partitions back to the stable worker (which gets the same
         // partitions re-assigned, round after round).
         assert_eq!(
@@ -260,7 +310,14 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
         "{revokes} revokes, {assigns} assignments in the stable worker"
     );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &stable.log_text());
+    stable.sample(&mut sc);
     assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
+    report_run(
+        sc,
+        sent,
+        &outs,
+        format!("{revokes} revokes and {assigns} assignments in the stable worker"),
+    );
 }
 
 #[test]
@@ -268,9 +325,16 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
     let w = World::new();
     let feeder = w.feed(1000);
     // Outputs wait 2 s in the producer: at SIGTERM, records are in flight for sure.
+    let mut sc = Scenario::start(
+        "SIGTERM with 2 s of outputs in flight",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut worker = start_held(&w, 2000, &[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     let in_flight = wait_in_flight(&worker, 100);
+    worker.sample(&mut sc);
     let code = worker.terminate(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{}", worker.log_text());
     feeder.stop();
@@ -297,6 +361,12 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
         "broker: {total} committed and predicted; worker: {summary} ({in_flight} were in flight)"
     );
     assert_eq!(duplicates(&outs), 0);
+    sc.finish(
+        total as usize,
+        0,
+        0,
+        format!("{in_flight} in flight at SIGTERM; exit 0; committed = predicted"),
+    );
 }
 
 #[test]
@@ -411,6 +481,12 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
         }
     }
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).expect("flush");
+    let sc = Scenario::start(
+        "poison: 9 kinds of bad record among 90 tweets",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut worker = w.start_worker(&[]);
 
     let dlq = w.read(&w.dlq, WAIT, QUIET, |d| d.len() >= expected_dlq.len());
@@ -455,6 +531,15 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
     let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, counts[p as usize])).collect();
     w.wait_for_commits(&ends, Duration::from_secs(20), &worker.log_text());
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    sc.finish(
+        good.len() + expected_dlq.len(),
+        0,
+        duplicates(&outs),
+        format!(
+            "{} dead letters with reasons, 1 cut to the topic's limit",
+            dlq.len()
+        ),
+    );
 }
 
 fn w_producer(w: &World) -> rdkafka::producer::BaseProducer {
@@ -486,12 +571,19 @@ fn compressed_input_in_every_codec_is_scored() {
             &[("compression.type", codec), ("linger.ms", "50")],
         );
     }
+    let sc = Scenario::start(
+        "input compressed with gzip, snappy, lz4, zstd",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let mut worker = w.start_worker(&[]);
     let n = per_codec * codecs.len();
     let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= n);
     assert_every_input_predicted(&all_inputs(n), &outs, &worker.log_text());
     assert_eq!(duplicates(&outs), 0);
     assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    report_run(sc, n, &outs, "300 tweets per codec");
 }
 
 #[test]
@@ -536,7 +628,20 @@ fn an_output_topic_that_rejects_every_prediction_stops_the_worker_with_exit_code
     assert_eq!(code, Some(3), "{}", worker.log_text());
     let log = worker.log_text();
     assert!(log.contains("is stuck at offset"), "{log}");
-    eprintln!("stopped after {:?}", t0.elapsed());
+    let took = t0.elapsed();
+    eprintln!("stopped after {took:?}");
+    support::report::report(&support::report::Row {
+        scenario: "output topic refuses every record (max.message.bytes 10)",
+        records: 30,
+        lost: 0,
+        duplicates: 0,
+        longest_stall: took,
+        rss_peak_mib: 0.0,
+        note: format!(
+            "exit code 3 after {:.1} s (--max-rewinds 2); nothing committed",
+            took.as_secs_f64()
+        ),
+    });
     // Nothing was committed past what has no output (nothing has one).
     assert!(
         w.committed().values().all(|c| *c == 0),

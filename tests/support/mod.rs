@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod report;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -395,6 +396,13 @@ impl Worker {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Samples this worker's peak RSS into a scenario (before it exits).
+    pub fn sample(&self, s: &mut report::Scenario) {
+        if let Some(c) = &self.child {
+            s.sample(c.id());
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -618,6 +626,12 @@ pub fn assert_commits_covered(committed: &BTreeMap<i32, i64>, done: &HashSet<(i3
             );
         }
     }
+}
+
+/// Reports a scenario whose `sent` tweets (see [`tweets`]) all had to get an output.
+pub fn report_run(sc: report::Scenario, sent: usize, outs: &[Out], note: impl Into<String>) {
+    let lost = all_inputs(sent).difference(&predicted(outs)).count();
+    sc.finish(sent, lost, duplicates(outs), note);
 }
 
 /// Waits until `f()` holds (polling), or panics with `what` at `timeout`.
