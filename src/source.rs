@@ -160,14 +160,21 @@ impl Source {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-            self.shared
-                .shutdown
-                .fail("rebalance before the consumer was attached");
-            return;
-        };
         let Some(tx) = lock(&self.tx).clone() else {
             return; // shutting down
+        };
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            if self.consumer.get().is_some() {
+                // Attached, but the last `Arc` is gone: the consumer is being closed (its drop
+                // leaves the group, and the group may hand out partitions one last time).
+                // Nothing may start on them now; the next owner will take them.
+                tracing::debug!("assignment while the consumer closes: ignored");
+            } else {
+                self.shared
+                    .shutdown
+                    .fail("rebalance before the consumer was attached");
+            }
+            return;
         };
         let mut partitions = lock(&self.partitions);
         for elem in tpl.elements() {

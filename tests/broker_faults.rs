@@ -55,7 +55,7 @@ fn survive(
     eprintln!("{sent} sent, {} duplicates", duplicates(&outs));
     w.wait_for_commits(&ends(sent), Duration::from_secs(60), &worker.log_text());
     worker.sample(&mut sc);
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     report_run(sc, sent, &outs, "the worker never exited");
 }
 

@@ -95,7 +95,7 @@ fn exactly_once_through_twenty_kill9s_of_two_workers_under_load() {
         "no aborted output at all: the kills hit nothing in flight"
     );
     for mut worker in workers {
-        assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+        worker.terminate_cleanly(Duration::from_secs(30));
     }
 }
 
@@ -158,9 +158,9 @@ fn rebalance_churn_keeps_exactly_once() {
             .wait_for_log("partition assigned", WAIT)
             .unwrap_or_else(|| panic!("round {round}: no partition\n{}", joiner.log_text()));
         std::thread::sleep(Duration::from_millis(700));
-        assert_eq!(joiner.terminate(Duration::from_secs(30)), Some(0));
+        joiner.terminate_cleanly(Duration::from_secs(30));
     }
     let sent = feeder.stop();
     assert_exactly_once(&w, sc, sent, &stable.log_text());
-    assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
+    stable.terminate_cleanly(Duration::from_secs(30));
 }

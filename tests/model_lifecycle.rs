@@ -180,7 +180,7 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
         );
     }
     assert_scored_by_their_version(&w, &outs, &[&d.a, &d.b]);
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     report_run(sc, sent, &outs, "the broken model never served");
     let _ = std::fs::remove_dir_all(&d.root);
 }
@@ -210,7 +210,7 @@ fn sighup_reloads_at_once() {
     w.produce(&tweets(30, 0));
     let outs = w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 30);
     assert!(outs.iter().all(|o| o.headers["model-version"] == vb));
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&d.root);
 }
 
@@ -257,6 +257,6 @@ fn a_shadow_model_scores_beside_the_live_one_into_its_own_topic() {
     let agreement = m["kafka_infer_shadow_agreement_rate"];
     assert!((0.5..=1.0).contains(&agreement), "agreement {agreement}");
     assert!(m["kafka_infer_shadow_mean_abs_diff"] > 0.0);
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&d.root);
 }

@@ -440,6 +440,21 @@ impl Worker {
         self.wait_exit(timeout)
     }
 
+    /// SIGTERM and the exit code must be 0; on anything else the assertion shows the log's tail.
+    #[track_caller]
+    pub fn terminate_cleanly(&mut self, timeout: Duration) {
+        let code = self.terminate(timeout);
+        if code != Some(0) {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "worker exited with {code:?} instead of 0; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
