@@ -76,6 +76,8 @@ pub fn run(
     producer.flush(Duration::from_secs(30))?;
 
     let metrics = Arc::new(Metrics::new(&models.current().version));
+    let live = models.current();
+    metrics.watch_drift(&live.version, live.drift.clone());
     let cfg = WorkerConfig {
         brokers: brokers.clone(),
         group_id: "kafka-infer-demo".into(),

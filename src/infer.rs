@@ -49,10 +49,11 @@ pub fn run(
                 }
             }
         };
-        drop(ids);
         if batch.records > 0 {
             metrics.record(Stage::Inference, t0.elapsed());
         }
+        observe_drift(&model, &ids, &results);
+        drop(ids);
         if let Some(s) = &shadow {
             s.offer(&batch.chunks, &results);
         }
@@ -61,6 +62,28 @@ pub fn run(
             let scores = results.by_ref().take(chunk.tweets).collect();
             output.emit(Scored { chunk, scores });
         }
+    }
+}
+
+/// Feeds the model's drift statistics (lock-free; a scan over ~10 ids per tweet).
+fn observe_drift(model: &LiveModel, ids: &[&[i32]], results: &[Result<f32, String>]) {
+    let oov = model.classifier.tokenizer().oov_id();
+    model.drift.observe_tweets(
+        ids.iter()
+            .map(|t| (t.len(), t.iter().filter(|&&id| id == oov).count())),
+    );
+    let mut scores = [0f32; 256];
+    let mut ok = results.iter().filter_map(|r| r.as_ref().ok().copied());
+    loop {
+        let mut n = 0;
+        for s in ok.by_ref().take(scores.len()) {
+            scores[n] = s;
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        model.drift.observe_scores(&scores[..n]);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod commit;
 pub mod config;
 pub mod data;
+pub mod drift;
 pub mod error;
 pub mod http;
 pub mod infer;

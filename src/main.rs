@@ -122,6 +122,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let models = load_live(&args.model, &args.pipeline)?;
     let shutdown = Shutdown::new().on_signals()?;
     let metrics = Arc::new(Metrics::new(&models.current().version));
+    let live = models.current();
+    metrics.watch_drift(&live.version, live.drift.clone());
     let summary = worker::run(&cfg, models, shutdown, metrics)?;
     tracing::info!(
         consumed = summary.consumed,

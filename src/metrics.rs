@@ -6,8 +6,9 @@
 //! percentiles. Recording happens per chunk or per batch, not per record, except the
 //! end-to-end latency (one value per record, taken in the delivery callback).
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram as Hdr;
@@ -17,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::drift::Drift;
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub struct Metrics {
     stages_hdr: [Mutex<Hdr<u64>>; 5],
     batch_hdr: Mutex<Hdr<u64>>,
     model_version: String,
+    /// The live model's drift statistics, rendered at scrape time.
+    drift: Mutex<Option<(String, Arc<Drift>)>>,
     started: Instant,
     /// Predictions at the last summary line, for its rate.
     last_summary: Mutex<(Instant, u64)>,
@@ -98,6 +103,79 @@ fn new_hdr() -> Hdr<u64> {
     // 1 µs to 1 hour at 3 significant digits (~190 KB). Fixed bounds, because
     // `saturating_record` clamps to the current range instead of growing an auto-resizing one.
     Hdr::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+/// The drift families, computed from a snapshot at scrape time. A figure that does not exist
+/// yet (PSI before enough samples, a rate of nothing) is left out rather than written as NaN
+/// or 0, so a dashboard shows a gap instead of a fake value.
+fn render_drift(out: &mut String, version: &str, drift: &Drift) {
+    let snap = drift.snapshot();
+    let l = format!("version=\"{}\"", escape_label(version));
+    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
+        let _ = writeln!(out, "# HELP kafka_infer_{name} {help}");
+        let _ = writeln!(out, "# TYPE kafka_infer_{name} gauge");
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            let _ = writeln!(out, "kafka_infer_{name}{{{l}}} {v}");
+        }
+    };
+    gauge(
+        "model_score_psi",
+        "Population stability index of the recent scores against the model's training reference (<0.1 stable, >0.25 large shift).",
+        snap.score_psi,
+    );
+    gauge(
+        "model_token_length_psi",
+        "Population stability index of the recent tweets' lengths in ids against the training reference.",
+        snap.token_length_psi,
+    );
+    gauge(
+        "model_positive_rate",
+        "Share of the recent scores at or above the decision threshold.",
+        Some(snap.recent_positive_rate),
+    );
+    gauge(
+        "model_oov_rate",
+        "Share of out-of-vocabulary ids among the recent tweets' ids.",
+        Some(snap.recent_oov_rate),
+    );
+    gauge(
+        "model_reference_oov_rate",
+        "Share of out-of-vocabulary ids in the training reference (compare with model_oov_rate).",
+        snap.reference_oov_rate,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kafka_infer_model_scores Scores given by the live model since start."
+    );
+    let _ = writeln!(out, "# TYPE kafka_infer_model_scores histogram");
+    for (le, count) in &snap.score_buckets {
+        let le = if le.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            format!("{le:?}")
+        };
+        let _ = writeln!(
+            out,
+            "kafka_infer_model_scores_bucket{{{l},le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "kafka_infer_model_scores_sum{{{l}}} {}",
+        snap.score_sum
+    );
+    let _ = writeln!(
+        out,
+        "kafka_infer_model_scores_count{{{l}}} {}",
+        snap.scores_total
+    );
+}
+
+/// A label value as the exposition format wants it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -274,6 +352,7 @@ impl Metrics {
             stages_hdr: std::array::from_fn(|_| Mutex::new(new_hdr())),
             batch_hdr: Mutex::new(new_hdr()),
             model_version: model_version.to_owned(),
+            drift: Mutex::new(None),
             started: Instant::now(),
             last_summary: Mutex::new((Instant::now(), 0)),
             batches: AtomicU64::new(0),
@@ -390,11 +469,24 @@ impl Metrics {
         self.started.elapsed()
     }
 
+    /// Exposes `drift` as the live model `version`'s statistics (replacing the previous
+    /// model's: a gauge of a model that no longer serves would be read as current).
+    pub fn watch_drift(&self, version: &str, drift: Arc<Drift>) {
+        *lock(&self.drift) = Some((version.to_owned(), drift));
+    }
+
     /// The OpenMetrics text exposition (which Prometheus scrapes).
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(16384);
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
+        let watched = lock(&self.drift).clone();
+        if let Some((version, drift)) = watched {
+            let mut d = String::with_capacity(2048);
+            render_drift(&mut d, &version, &drift);
+            let at = s.rfind("# EOF").unwrap_or(s.len());
+            s.insert_str(at, &d);
+        }
         s
     }
 
@@ -437,6 +529,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drift::Reference;
 
     #[test]
     fn the_exposition_has_counters_histograms_and_partition_gauges() {
@@ -464,10 +557,45 @@ mod tests {
         }
         m.remove_partition(2);
         assert!(!m.render().contains("partition=\"2\""));
+        assert!(text.ends_with("# EOF\n"));
         assert!(
             m.summary_line().contains("inference_p50/p99=0.70/30.0"),
             "{}",
             m.summary_line()
         );
+    }
+
+    #[test]
+    fn drift_families_are_exposed_for_the_live_model_only() {
+        let m = Metrics::new("abc123");
+        let reference =
+            Reference::from_json(include_bytes!("../model/reference.json")).expect("reference");
+        let first = Arc::new(Drift::new(Some(reference), 10_000));
+        first.observe_scores(&[0.05; 600]);
+        first.observe_tweets((0..600).map(|_| (10, 1)));
+        m.watch_drift("abc123", first);
+        let text = m.render();
+        for want in [
+            "kafka_infer_model_score_psi{version=\"abc123\"} ",
+            "kafka_infer_model_token_length_psi{version=\"abc123\"} ",
+            "kafka_infer_model_positive_rate{version=\"abc123\"} 0\n",
+            "kafka_infer_model_oov_rate{version=\"abc123\"} 0.1\n",
+            "kafka_infer_model_reference_oov_rate{version=\"abc123\"} 0.1",
+            "kafka_infer_model_scores_bucket{version=\"abc123\",le=\"0.1\"} 600",
+            "kafka_infer_model_scores_bucket{version=\"abc123\",le=\"+Inf\"} 600",
+            "kafka_infer_model_scores_count{version=\"abc123\"} 600",
+            "# TYPE kafka_infer_model_scores histogram",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // A swap: the previous model's figures go; a new model without enough samples has
+        // no PSI sample at all (a gap, not a fake 0).
+        m.model_swapped("abc123", "def456");
+        m.watch_drift("def456", Arc::new(Drift::new(None, 10_000)));
+        let text = m.render();
+        assert!(!text.contains("abc123\"}"), "{text}");
+        assert!(!text.contains("kafka_infer_model_score_psi{"), "{text}");
+        assert!(text.contains("kafka_infer_model_scores_count{version=\"def456\"} 0"));
     }
 }

@@ -1,5 +1,5 @@
 //! The files that make a model — `model.onnx`, `vocab.txt`, `preprocess.json` and, when present,
-//! `golden.jsonl` — read from a directory or compiled into the binary.
+//! `golden.jsonl` and `reference.json` — read from a directory or compiled into the binary.
 //!
 //! The binary carries the repository's `model/` so that `kafka-infer score`, `run` and `demo`
 //! work from any directory with no flags; `--model-dir` (`KAFKA_INFER_MODEL_DIR`) replaces it.
@@ -19,6 +19,8 @@ pub struct ModelFiles {
     pub preprocess: Cow<'static, [u8]>,
     /// Golden vectors written by the training script (absent in hand-made model directories).
     pub golden: Option<Cow<'static, str>>,
+    /// The training reference for drift statistics (`reference.json`; optional).
+    pub reference: Option<Cow<'static, [u8]>>,
     /// `preprocess.json`'s path, to name it in configuration errors.
     pub preprocess_path: PathBuf,
 }
@@ -32,11 +34,13 @@ impl ModelFiles {
             vocab: Cow::Borrowed(include_str!("../model/vocab.txt")),
             preprocess: Cow::Borrowed(include_bytes!("../model/preprocess.json")),
             golden: Some(Cow::Borrowed(include_str!("../model/golden.jsonl"))),
+            reference: Some(Cow::Borrowed(include_bytes!("../model/reference.json"))),
             preprocess_path: PathBuf::from("<built-in>/preprocess.json"),
         }
     }
 
-    /// Reads a model directory. `golden.jsonl` is optional; the other three files are not.
+    /// Reads a model directory. `golden.jsonl` and `reference.json` are optional; the other
+    /// three files are not.
     pub fn read(dir: &Path) -> Result<Self> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -57,12 +61,19 @@ impl ModelFiles {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(golden_path, e)),
         };
+        let reference_path = dir.join("reference.json");
+        let reference = match std::fs::read(&reference_path) {
+            Ok(r) => Some(Cow::Owned(r)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(reference_path, e)),
+        };
         Ok(ModelFiles {
             origin: dir.display().to_string(),
             onnx: Cow::Owned(onnx),
             vocab: Cow::Owned(vocab),
             preprocess: Cow::Owned(preprocess),
             golden,
+            reference,
             preprocess_path: dir.join("preprocess.json"),
         })
     }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::drift::{Drift, Reference};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::model_files::ModelFiles;
@@ -27,6 +28,11 @@ use crate::model_files::ModelFiles;
 /// How far a reloaded model's scores may be from its own golden scores (onnxruntime's, written
 /// by the training script); tract and onnxruntime agree within ~2e-7 on the shipped model.
 pub const GOLDEN_TOLERANCE: f32 = 1e-4;
+
+/// Recent scores (and, separately, recent tweets) that drift statistics compare with the
+/// training reference: PSI's noise floor for data that follow the reference is then about
+/// 0.001, a hundred times below the 0.1 "stable" mark (see [`crate::drift`]).
+pub const DRIFT_WINDOW: usize = 10_000;
 
 /// A model that passed validation, with what the worker needs to serve and watch it.
 pub struct LiveModel {
@@ -39,6 +45,8 @@ pub struct LiveModel {
     pub origin: String,
     /// Fingerprint of all the files it was loaded from, to notice changes.
     pub fingerprint: [u8; 32],
+    /// Live statistics of this model's scores and inputs against its training reference.
+    pub drift: Arc<Drift>,
 }
 
 static NEXT_MODEL: AtomicU64 = AtomicU64::new(1);
@@ -53,13 +61,38 @@ impl LiveModel {
             validate(&c, files)?;
             c
         };
+        let version = classifier.version().to_owned();
+        let reference = reference_for(files, &version)?;
         Ok(LiveModel {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
-            version: classifier.version().to_owned(),
+            drift: Arc::new(Drift::new(reference, DRIFT_WINDOW)),
+            version,
             classifier,
             origin: files.origin.clone(),
             fingerprint: fingerprint(files),
         })
+    }
+}
+
+/// The model's `reference.json`, if it has one that was computed for this very model. A file
+/// that does not parse rejects the model (every PSI against it would be a lie); a reference of
+/// another model (a stale file beside a retrained `model.onnx`) is ignored with a warning, so
+/// the drift gauges stay absent rather than wrong.
+fn reference_for(files: &ModelFiles, version: &str) -> Result<Option<Reference>> {
+    let Some(bytes) = files.reference.as_deref() else {
+        return Ok(None);
+    };
+    let reference =
+        Reference::from_json(bytes).map_err(|e| Error::Config(format!("{}: {e}", files.origin)))?;
+    if reference.belongs_to(version) {
+        Ok(Some(reference))
+    } else {
+        tracing::warn!(
+            origin = %files.origin,
+            version,
+            "reference.json was computed for another model.onnx: no drift statistics for this model"
+        );
+        Ok(None)
     }
 }
 
@@ -78,6 +111,7 @@ pub fn fingerprint(files: &ModelFiles) -> [u8; 32] {
         files.vocab.as_bytes(),
         &files.preprocess[..],
         golden.as_bytes(),
+        files.reference.as_deref().unwrap_or(b""),
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);

@@ -146,6 +146,11 @@ impl Tokenizer {
         self.pad_id
     }
 
+    /// The out-of-vocabulary id (1).
+    pub fn oov_id(&self) -> i32 {
+        self.oov_id
+    }
+
     /// Tokenizes `text` into a new vector of ids (at most `max_len`).
     pub fn encode(&self, text: &str) -> Vec<i32> {
         let mut out = Vec::new();

@@ -457,7 +457,7 @@ pub fn run(
     }
     let reloads = match &cfg.model_dir {
         Some(dir) if !cfg.passthrough => {
-            let (m, st) = (metrics.clone(), shutdown.clone());
+            let (m, st, live) = (metrics.clone(), shutdown.clone(), models.clone());
             let hup = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
                 .map_err(|e| Error::Config(format!("cannot install the SIGHUP handler: {e}")))?;
@@ -475,6 +475,8 @@ pub fn run(
                     Reload::Swapped { from, to } => {
                         tracing::info!(from, to, "model reloaded");
                         m.model_swapped(from, to);
+                        let live = live.current();
+                        m.watch_drift(&live.version, live.drift.clone());
                     }
                     Reload::Rejected(why) => {
                         tracing::error!(

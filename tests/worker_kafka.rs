@@ -51,7 +51,20 @@ fn clean_run_predicts_every_tweet_once_in_partition_order_and_commits_to_the_end
     }
 
     w.wait_for_commits(&ends(n), Duration::from_secs(20), &worker.log_text());
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    // Drift statistics saw every score and tweet; real tweets show no large shift (0.089 on
+    // these 600, computed offline with `score` and reference.json).
+    let m = worker.metrics();
+    assert_eq!(m.get("kafka_infer_model_scores_count"), Some(&(n as f64)));
+    let psi = m["kafka_infer_model_score_psi"];
+    assert!((0.0..0.25).contains(&psi), "score PSI {psi} on real tweets");
+    let psi = m["kafka_infer_model_token_length_psi"];
+    assert!(
+        (0.0..0.25).contains(&psi),
+        "token length PSI {psi} on real tweets"
+    );
+    let oov = m["kafka_infer_model_oov_rate"];
+    assert!(oov > 0.0 && oov < 0.5, "OOV rate {oov}");
+    worker.terminate_cleanly(Duration::from_secs(30));
     let summary = worker
         .wait_for_log("stopped: consumed=", Duration::ZERO)
         .expect("summary line");
@@ -131,7 +144,7 @@ fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() 
     );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &restarted.log_text());
     restarted.sample(&mut sc);
-    assert_eq!(restarted.terminate(Duration::from_secs(30)), Some(0));
+    restarted.terminate_cleanly(Duration::from_secs(30));
     report_run(
         sc,
         sent,
@@ -254,8 +267,8 @@ fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &logs);
     first.sample(&mut sc);
     second.sample(&mut sc);
-    assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
-    assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
+    second.terminate_cleanly(Duration::from_secs(30));
+    first.terminate_cleanly(Duration::from_secs(30));
     report_run(
         sc,
         sent,
@@ -311,7 +324,7 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
     );
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &stable.log_text());
     stable.sample(&mut sc);
-    assert_eq!(stable.terminate(Duration::from_secs(30)), Some(0));
+    stable.terminate_cleanly(Duration::from_secs(30));
     report_run(
         sc,
         sent,
@@ -427,7 +440,7 @@ fn healthz_reports_a_partition_whose_outputs_are_not_acknowledged() {
     wait_until(Duration::from_secs(60), "/healthz 200 again", || {
         worker.health().is_some_and(|(code, _)| code == 200)
     });
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
 }
 
 /// JSON nested `depth` levels deep: {"value":[[[…]]]}.
@@ -530,7 +543,7 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
     // Dead-lettered offsets commit like any other: the end of every partition.
     let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, counts[p as usize])).collect();
     w.wait_for_commits(&ends, Duration::from_secs(20), &worker.log_text());
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     sc.finish(
         good.len() + expected_dlq.len(),
         0,
@@ -582,7 +595,7 @@ fn compressed_input_in_every_codec_is_scored() {
     let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= n);
     assert_every_input_predicted(&all_inputs(n), &outs, &worker.log_text());
     assert_eq!(duplicates(&outs), 0);
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
     report_run(sc, n, &outs, "300 tweets per codec");
 }
 
@@ -613,7 +626,7 @@ fn a_dead_letter_topic_that_rejects_large_records_gets_shortened_dead_letters() 
     assert_eq!(predicted(&outs).len(), 30);
     let m = worker.metrics();
     assert!(m["kafka_infer_partition_rewinds_total"] >= 1.0);
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    worker.terminate_cleanly(Duration::from_secs(30));
 }
 
 #[test]
