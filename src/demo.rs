@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use anyhow::{bail, Result};
-use kafka_infer::metrics::{Metrics, Stage};
+use kafka_infer::metrics::{Metrics, Role, Stage};
 use kafka_infer::models::Models;
 use kafka_infer::shutdown::Shutdown;
 use kafka_infer::worker::{self, WorkerConfig};
@@ -77,7 +77,7 @@ pub fn run(
 
     let metrics = Arc::new(Metrics::new(&models.current().version));
     let live = models.current();
-    metrics.watch_drift(&live.version, live.drift.clone());
+    metrics.watch_drift(Role::Live, &live.version, live.drift.clone());
     let cfg = WorkerConfig {
         brokers: brokers.clone(),
         group_id: "kafka-infer-demo".into(),

@@ -10,7 +10,7 @@ use kafka_infer::config::{
     Cli, Command, DemoArgs, Format, ModelArgs, PipelineArgs, RunArgs, ScoreArgs,
 };
 use kafka_infer::data::{read_tweets, test_tweets};
-use kafka_infer::metrics::Metrics;
+use kafka_infer::metrics::{Metrics, Role};
 use kafka_infer::model_files::ModelFiles;
 use kafka_infer::models::{LiveModel, Models};
 use kafka_infer::score::{score_stream, InputFormat};
@@ -123,7 +123,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let shutdown = Shutdown::new().on_signals()?;
     let metrics = Arc::new(Metrics::new(&models.current().version));
     let live = models.current();
-    metrics.watch_drift(&live.version, live.drift.clone());
+    metrics.watch_drift(Role::Live, &live.version, live.drift.clone());
     let summary = worker::run(&cfg, models, shutdown, metrics)?;
     tracing::info!(
         consumed = summary.consumed,

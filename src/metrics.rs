@@ -91,8 +91,8 @@ pub struct Metrics {
     stages_hdr: [Mutex<Hdr<u64>>; 5],
     batch_hdr: Mutex<Hdr<u64>>,
     model_version: String,
-    /// The live model's drift statistics, rendered at scrape time.
-    drift: Mutex<Option<(String, Arc<Drift>)>>,
+    /// Drift statistics of the live model and of the shadow candidate, rendered at scrape time.
+    drift: Mutex<[Watched; 2]>,
     started: Instant,
     /// Predictions at the last summary line, for its rate.
     last_summary: Mutex<(Instant, u64)>,
@@ -105,70 +105,98 @@ fn new_hdr() -> Hdr<u64> {
     Hdr::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
 }
 
-/// The drift families, computed from a snapshot at scrape time. A figure that does not exist
-/// yet (PSI before enough samples, a rate of nothing) is left out rather than written as NaN
-/// or 0, so a dashboard shows a gap instead of a fake value.
-fn render_drift(out: &mut String, version: &str, drift: &Drift) {
-    let snap = drift.snapshot();
-    let l = format!("version=\"{}\"", escape_label(version));
-    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
-        let _ = writeln!(out, "# HELP kafka_infer_{name} {help}");
-        let _ = writeln!(out, "# TYPE kafka_infer_{name} gauge");
-        if let Some(v) = v.filter(|v| v.is_finite()) {
-            let _ = writeln!(out, "kafka_infer_{name}{{{l}}} {v}");
-        }
-    };
+/// A model version whose drift statistics are exposed, if any.
+type Watched = Option<(String, Arc<Drift>)>;
+
+/// Which model a drift series belongs to (the `role` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The model that scores the output.
+    Live = 0,
+    /// The `--shadow-model-dir` candidate.
+    Shadow = 1,
+}
+
+/// The drift families, computed from snapshots at scrape time (each family once, with a
+/// series per watched model). A figure that does not exist yet (PSI before enough samples, a
+/// rate of nothing) is left out rather than written as NaN or 0, so a dashboard shows a gap
+/// instead of a fake value.
+fn render_drift(out: &mut String, watched: &[Watched; 2]) {
+    let series: Vec<(String, crate::drift::DriftSnapshot)> = watched
+        .iter()
+        .zip(["live", "shadow"])
+        .filter_map(|(w, role)| {
+            let (version, drift) = w.as_ref()?;
+            let labels = format!("role=\"{role}\",version=\"{}\"", escape_label(version));
+            Some((labels, drift.snapshot()))
+        })
+        .collect();
+    if series.is_empty() {
+        return;
+    }
+    let mut gauge =
+        |name: &str, help: &str, value: &dyn Fn(&crate::drift::DriftSnapshot) -> Option<f64>| {
+            let _ = writeln!(out, "# HELP kafka_infer_{name} {help}");
+            let _ = writeln!(out, "# TYPE kafka_infer_{name} gauge");
+            for (l, snap) in &series {
+                if let Some(v) = value(snap).filter(|v| v.is_finite()) {
+                    let _ = writeln!(out, "kafka_infer_{name}{{{l}}} {v}");
+                }
+            }
+        };
     gauge(
         "model_score_psi",
         "Population stability index of the recent scores against the model's training reference (<0.1 stable, >0.25 large shift).",
-        snap.score_psi,
+        &|s| s.score_psi,
     );
     gauge(
         "model_token_length_psi",
         "Population stability index of the recent tweets' lengths in ids against the training reference.",
-        snap.token_length_psi,
+        &|s| s.token_length_psi,
     );
     gauge(
         "model_positive_rate",
         "Share of the recent scores at or above the decision threshold.",
-        Some(snap.recent_positive_rate),
+        &|s| Some(s.recent_positive_rate),
     );
     gauge(
         "model_oov_rate",
         "Share of out-of-vocabulary ids among the recent tweets' ids.",
-        Some(snap.recent_oov_rate),
+        &|s| Some(s.recent_oov_rate),
     );
     gauge(
         "model_reference_oov_rate",
         "Share of out-of-vocabulary ids in the training reference (compare with model_oov_rate).",
-        snap.reference_oov_rate,
+        &|s| s.reference_oov_rate,
     );
     let _ = writeln!(
         out,
-        "# HELP kafka_infer_model_scores Scores given by the live model since start."
+        "# HELP kafka_infer_model_scores Scores given by the model since start."
     );
     let _ = writeln!(out, "# TYPE kafka_infer_model_scores histogram");
-    for (le, count) in &snap.score_buckets {
-        let le = if le.is_infinite() {
-            "+Inf".to_owned()
-        } else {
-            format!("{le:?}")
-        };
+    for (l, snap) in &series {
+        for (le, count) in &snap.score_buckets {
+            let le = if le.is_infinite() {
+                "+Inf".to_owned()
+            } else {
+                format!("{le:?}")
+            };
+            let _ = writeln!(
+                out,
+                "kafka_infer_model_scores_bucket{{{l},le=\"{le}\"}} {count}"
+            );
+        }
         let _ = writeln!(
             out,
-            "kafka_infer_model_scores_bucket{{{l},le=\"{le}\"}} {count}"
+            "kafka_infer_model_scores_sum{{{l}}} {}",
+            snap.score_sum
+        );
+        let _ = writeln!(
+            out,
+            "kafka_infer_model_scores_count{{{l}}} {}",
+            snap.scores_total
         );
     }
-    let _ = writeln!(
-        out,
-        "kafka_infer_model_scores_sum{{{l}}} {}",
-        snap.score_sum
-    );
-    let _ = writeln!(
-        out,
-        "kafka_infer_model_scores_count{{{l}}} {}",
-        snap.scores_total
-    );
 }
 
 /// A label value as the exposition format wants it.
@@ -352,7 +380,7 @@ impl Metrics {
             stages_hdr: std::array::from_fn(|_| Mutex::new(new_hdr())),
             batch_hdr: Mutex::new(new_hdr()),
             model_version: model_version.to_owned(),
-            drift: Mutex::new(None),
+            drift: Mutex::new([None, None]),
             started: Instant::now(),
             last_summary: Mutex::new((Instant::now(), 0)),
             batches: AtomicU64::new(0),
@@ -469,10 +497,10 @@ impl Metrics {
         self.started.elapsed()
     }
 
-    /// Exposes `drift` as the live model `version`'s statistics (replacing the previous
-    /// model's: a gauge of a model that no longer serves would be read as current).
-    pub fn watch_drift(&self, version: &str, drift: Arc<Drift>) {
-        *lock(&self.drift) = Some((version.to_owned(), drift));
+    /// Exposes `drift` as the statistics of model `version` in `role` (replacing the previous
+    /// model's in that role: a gauge of a model that no longer serves would be read as current).
+    pub fn watch_drift(&self, role: Role, version: &str, drift: Arc<Drift>) {
+        lock(&self.drift)[role as usize] = Some((version.to_owned(), drift));
     }
 
     /// The OpenMetrics text exposition (which Prometheus scrapes).
@@ -481,12 +509,10 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         let watched = lock(&self.drift).clone();
-        if let Some((version, drift)) = watched {
-            let mut d = String::with_capacity(2048);
-            render_drift(&mut d, &version, &drift);
-            let at = s.rfind("# EOF").unwrap_or(s.len());
-            s.insert_str(at, &d);
-        }
+        let mut d = String::with_capacity(4096);
+        render_drift(&mut d, &watched);
+        let at = s.rfind("# EOF").unwrap_or(s.len());
+        s.insert_str(at, &d);
         s
     }
 
@@ -573,17 +599,17 @@ mod tests {
         let first = Arc::new(Drift::new(Some(reference), 10_000));
         first.observe_scores(&[0.05; 600]);
         first.observe_tweets((0..600).map(|_| (10, 1)));
-        m.watch_drift("abc123", first);
+        m.watch_drift(Role::Live, "abc123", first);
         let text = m.render();
         for want in [
-            "kafka_infer_model_score_psi{version=\"abc123\"} ",
-            "kafka_infer_model_token_length_psi{version=\"abc123\"} ",
-            "kafka_infer_model_positive_rate{version=\"abc123\"} 0\n",
-            "kafka_infer_model_oov_rate{version=\"abc123\"} 0.1\n",
-            "kafka_infer_model_reference_oov_rate{version=\"abc123\"} 0.1",
-            "kafka_infer_model_scores_bucket{version=\"abc123\",le=\"0.1\"} 600",
-            "kafka_infer_model_scores_bucket{version=\"abc123\",le=\"+Inf\"} 600",
-            "kafka_infer_model_scores_count{version=\"abc123\"} 600",
+            "kafka_infer_model_score_psi{role=\"live\",version=\"abc123\"} ",
+            "kafka_infer_model_token_length_psi{role=\"live\",version=\"abc123\"} ",
+            "kafka_infer_model_positive_rate{role=\"live\",version=\"abc123\"} 0\n",
+            "kafka_infer_model_oov_rate{role=\"live\",version=\"abc123\"} 0.1\n",
+            "kafka_infer_model_reference_oov_rate{role=\"live\",version=\"abc123\"} 0.1",
+            "kafka_infer_model_scores_bucket{role=\"live\",version=\"abc123\",le=\"0.1\"} 600",
+            "kafka_infer_model_scores_bucket{role=\"live\",version=\"abc123\",le=\"+Inf\"} 600",
+            "kafka_infer_model_scores_count{role=\"live\",version=\"abc123\"} 600",
             "# TYPE kafka_infer_model_scores histogram",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
@@ -592,10 +618,10 @@ mod tests {
         // A swap: the previous model's figures go; a new model without enough samples has
         // no PSI sample at all (a gap, not a fake 0).
         m.model_swapped("abc123", "def456");
-        m.watch_drift("def456", Arc::new(Drift::new(None, 10_000)));
+        m.watch_drift(Role::Live, "def456", Arc::new(Drift::new(None, 10_000)));
         let text = m.render();
         assert!(!text.contains("abc123\"}"), "{text}");
         assert!(!text.contains("kafka_infer_model_score_psi{"), "{text}");
-        assert!(text.contains("kafka_infer_model_scores_count{version=\"def456\"} 0"));
+        assert!(text.contains("kafka_infer_model_scores_count{role=\"live\",version=\"def456\"} 0"));
     }
 }

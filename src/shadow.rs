@@ -146,6 +146,10 @@ fn run(
             }
         }
         let scores = session.score_each(&ids);
+        candidate.drift.observe_tweets(ids.iter().map(|t| {
+            let oov = t.iter().filter(|&&id| id == tokenizer.oov_id()).count();
+            (t.len(), oov)
+        }));
         let mut batch_scores = Vec::with_capacity(scores.len());
         for (&i, score) in ok.iter().zip(scores) {
             let Ok(score) = score else { continue };
@@ -167,6 +171,7 @@ fn run(
                 (&item.topic, item.partition, item.offset),
             );
         }
+        candidate.drift.observe_scores(&batch_scores);
         metrics
             .shadow_scored_total
             .inc_by(batch_scores.len() as u64);

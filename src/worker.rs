@@ -29,7 +29,7 @@ use crate::batcher::{self, BatchPolicy};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::infer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Role};
 use crate::models::{self, Models, Reload, Reloader};
 use crate::pipeline::{Batch, Budget, Chunk, Output};
 use crate::shutdown::Shutdown;
@@ -365,6 +365,7 @@ pub fn run(
                 same,
                 metrics.clone(),
             )?);
+            metrics.watch_drift(Role::Shadow, &model.version, model.drift.clone());
             let (stage, handle) = crate::shadow::start(model, out.clone(), metrics.clone(), 8)?;
             shadow_thread = Some((handle, out));
             Some(stage)
@@ -476,7 +477,7 @@ pub fn run(
                         tracing::info!(from, to, "model reloaded");
                         m.model_swapped(from, to);
                         let live = live.current();
-                        m.watch_drift(&live.version, live.drift.clone());
+                        m.watch_drift(Role::Live, &live.version, live.drift.clone());
                     }
                     Reload::Rejected(why) => {
                         tracing::error!(

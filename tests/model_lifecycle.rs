@@ -257,6 +257,12 @@ fn a_shadow_model_scores_beside_the_live_one_into_its_own_topic() {
     let agreement = m["kafka_infer_shadow_agreement_rate"];
     assert!((0.5..=1.0).contains(&agreement), "agreement {agreement}");
     assert!(m["kafka_infer_shadow_mean_abs_diff"] > 0.0);
+    // Score histograms per version: the live model's n scores and the candidate's.
+    assert_eq!(
+        m["kafka_infer_model_scores_count"],
+        (n + shadow.len()) as f64,
+        "live + shadow score histogram counts"
+    );
     worker.terminate_cleanly(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&d.root);
 }
