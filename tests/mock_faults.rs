@@ -12,6 +12,7 @@ use kafka_infer::metrics::Metrics;
 use kafka_infer::model_files::ModelFiles;
 use kafka_infer::models::{LiveModel, Models};
 use kafka_infer::shutdown::Shutdown;
+use kafka_infer::sink::Guarantee;
 use kafka_infer::worker::{self, WorkerConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -48,12 +49,14 @@ fn committed(brokers: &str) -> i64 {
     }
 }
 
-/// Source offsets of the predictions now in the output topic.
-fn predicted(brokers: &str) -> BTreeSet<i64> {
+/// Source offsets of the predictions now in the output topic, as a read_committed reader sees
+/// them (records of aborted transactions are skipped), one entry per output.
+fn outputs(brokers: &str) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "reader")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("reader");
@@ -61,7 +64,7 @@ fn predicted(brokers: &str) -> BTreeSet<i64> {
     tpl.add_partition_offset("out", 0, Offset::Beginning)
         .expect("tpl");
     c.assign(&tpl).expect("assign");
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
@@ -74,21 +77,24 @@ fn predicted(brokers: &str) -> BTreeSet<i64> {
                 })
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                 .expect("source-offset header");
-            out.insert(off);
+            out.push(off);
         }
     }
     out
 }
 
-#[test]
-fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_land() {
+fn predicted(brokers: &str) -> BTreeSet<i64> {
+    outputs(brokers).into_iter().collect()
+}
+
+/// A mock cluster with topics in, out, dlq (one partition each) and N tweets in `in`.
+fn cluster_with_tweets() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let mock = MockCluster::new(1).expect("mock cluster");
     for t in ["in", "out", "dlq"] {
         mock.create_topic(t, 1, 1).expect("topic");
     }
-    let brokers = mock.bootstrap_servers();
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", mock.bootstrap_servers())
         .create()
         .expect("producer");
     for i in 0..N {
@@ -100,17 +106,14 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
             .expect("send");
     }
     p.flush(Duration::from_secs(10)).expect("flush");
+    mock
+}
 
-    // From now on the broker rejects Produce requests for a while (retriable errors); with a
-    // 200 ms message timeout, deliveries fail back to the worker, which must produce again.
-    mock.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 80],
-    );
-
-    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
-    let cfg = WorkerConfig {
-        brokers: brokers.clone(),
+/// The worker with small batches and a 200 ms message timeout, so that a Produce failure
+/// reaches it quickly.
+fn fault_config(brokers: &str, guarantee: Guarantee) -> WorkerConfig {
+    WorkerConfig {
+        brokers: brokers.to_owned(),
         group_id: "faults".into(),
         input_topic: "in".into(),
         output_topic: "out".into(),
@@ -125,10 +128,30 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
             ("producer.retry.backoff.ms".into(), "5".into()),
         ],
         commit_interval: Duration::from_millis(50),
+        transaction_interval: Duration::from_millis(50),
         inference_threads: 1,
         max_rewinds: 50,
+        guarantee,
+        // Tests run in parallel in this process: no fixed port.
+        metrics_addr: None,
         ..defaults()
-    };
+    }
+}
+
+#[test]
+fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_land() {
+    let mock = cluster_with_tweets();
+    let brokers = mock.bootstrap_servers();
+
+    // From now on the broker rejects Produce requests for a while (retriable errors); with a
+    // 200 ms message timeout, deliveries fail back to the worker, which must produce again.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 80],
+    );
+
+    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
+    let cfg = fault_config(&brokers, Guarantee::AtLeastOnce);
     let metrics = Arc::new(Metrics::new(&models.current().version));
     let shutdown = Shutdown::new();
     let (m, s) = (metrics.clone(), shutdown.clone());
@@ -172,6 +195,64 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
     eprintln!(
         "delivery errors: {}, rewinds: {}",
         metrics.delivery_errors_total.get(),
+        metrics.rewinds_total.get()
+    );
+}
+
+#[test]
+fn a_produce_failure_mid_transaction_aborts_it_and_the_partition_is_processed_again() {
+    let mock = cluster_with_tweets();
+    let brokers = mock.bootstrap_servers();
+    // The first Produce requests fail: with a 200 ms message timeout the outputs of the open
+    // transaction fail, so it must be aborted (never committed with holes), the partition
+    // rewound to its last committed offset and the records scored again.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8],
+    );
+    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
+    let mut cfg = fault_config(&brokers, Guarantee::ExactlyOnce);
+    // A failed partition waits two heartbeats before it re-initialises its producer.
+    cfg.client_properties
+        .push(("consumer.heartbeat.interval.ms".into(), "500".into()));
+    let metrics = Arc::new(Metrics::new(&models.current().version));
+    let shutdown = Shutdown::new();
+    let (m, s) = (metrics.clone(), shutdown.clone());
+    let worker = std::thread::spawn(move || worker::run(&cfg, models, s, m));
+
+    // (The mock cluster accepts transactional offset commits but does not store them, so
+    // progress is read from the output, as a read_committed consumer downstream sees it.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while predicted(&brokers).len() < N as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} visible; aborted {}",
+            predicted(&brokers).len(),
+            metrics.transactions_aborted_total.get()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The injected failures did abort a transaction (else this test proves nothing)…
+    assert!(
+        metrics.transactions_aborted_total.get() > 0,
+        "no transaction was aborted: the fault was not injected"
+    );
+    assert!(metrics.rewinds_total.get() > 0);
+    assert!(metrics.transactions_committed_total.get() > 0);
+    // …and every input is visible exactly once: read past N (2 s) to see duplicates.
+    let seen = outputs(&brokers);
+    assert_eq!(seen.len() as i64, N, "outputs {seen:?}");
+    assert_eq!(
+        seen.iter().copied().collect::<BTreeSet<_>>(),
+        (0..N).collect::<BTreeSet<_>>()
+    );
+    shutdown.request();
+    let summary = worker.join().expect("worker thread").expect("worker ran");
+    assert_eq!(summary.fatal, None);
+    eprintln!(
+        "transactions aborted: {}, committed: {}, rewinds: {}",
+        metrics.transactions_aborted_total.get(),
+        metrics.transactions_committed_total.get(),
         metrics.rewinds_total.get()
     );
 }

@@ -169,7 +169,14 @@ impl World {
                 }
                 p.poll(Duration::from_millis(5));
             }
-            p.flush(Duration::from_secs(60)).expect("flush input");
+            // Generous: after a broker restart librdkafka may take a while to reconnect and
+            // re-establish the idempotent producer; the feeder is not what is under test.
+            if let Err(e) = p.flush(Duration::from_secs(180)) {
+                panic!(
+                    "flush input: {e}; {} of {sent} sends still unacknowledged",
+                    p.in_flight_count()
+                );
+            }
             sent
         });
         Feeder {
