@@ -62,7 +62,12 @@ impl LiveModel {
             c
         };
         let version = classifier.version().to_owned();
-        let reference = reference_for(files, &version)?;
+        // Pass-through scores are constants: nothing to compare with the reference.
+        let reference = if passthrough {
+            None
+        } else {
+            reference_for(files, &version)?
+        };
         Ok(LiveModel {
             id: NEXT_MODEL.fetch_add(1, Ordering::Relaxed),
             drift: Arc::new(Drift::new(reference, DRIFT_WINDOW)),
