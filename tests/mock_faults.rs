@@ -138,6 +138,22 @@ fn fault_config(brokers: &str, guarantee: Guarantee) -> WorkerConfig {
     }
 }
 
+/// The worker with the built-in model, in-process (its metrics are watched directly).
+fn start(
+    cfg: WorkerConfig,
+) -> (
+    Arc<Metrics>,
+    Shutdown,
+    std::thread::JoinHandle<kafka_infer::Result<worker::RunSummary>>,
+) {
+    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
+    let metrics = Arc::new(Metrics::new(&models.current().version));
+    let shutdown = Shutdown::new();
+    let (m, s) = (metrics.clone(), shutdown.clone());
+    let worker = std::thread::spawn(move || worker::run(&cfg, models, s, m));
+    (metrics, shutdown, worker)
+}
+
 #[test]
 fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_land() {
     let mock = cluster_with_tweets();
@@ -150,12 +166,7 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 80],
     );
 
-    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
-    let cfg = fault_config(&brokers, Guarantee::AtLeastOnce);
-    let metrics = Arc::new(Metrics::new(&models.current().version));
-    let shutdown = Shutdown::new();
-    let (m, s) = (metrics.clone(), shutdown.clone());
-    let worker = std::thread::spawn(move || worker::run(&cfg, models, s, m));
+    let (metrics, shutdown, worker) = start(fault_config(&brokers, Guarantee::AtLeastOnce));
 
     // While deliveries fail: whatever is committed has been delivered.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -210,15 +221,11 @@ fn a_produce_failure_mid_transaction_aborts_it_and_the_partition_is_processed_ag
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8],
     );
-    let models = Models::new(LiveModel::load(&ModelFiles::builtin(), false).expect("model"));
     let mut cfg = fault_config(&brokers, Guarantee::ExactlyOnce);
     // A failed partition waits two heartbeats before it re-initialises its producer.
     cfg.client_properties
         .push(("consumer.heartbeat.interval.ms".into(), "500".into()));
-    let metrics = Arc::new(Metrics::new(&models.current().version));
-    let shutdown = Shutdown::new();
-    let (m, s) = (metrics.clone(), shutdown.clone());
-    let worker = std::thread::spawn(move || worker::run(&cfg, models, s, m));
+    let (metrics, shutdown, worker) = start(cfg);
 
     // (The mock cluster accepts transactional offset commits but does not store them, so
     // progress is read from the output, as a read_committed consumer downstream sees it.)
