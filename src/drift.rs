@@ -511,6 +511,12 @@ impl Drift {
         }
     }
 
+    /// Records tweets given as their token ids (padding excluded): their lengths and how many
+    /// of their ids are `oov_id`.
+    pub fn observe_token_lists<'a>(&self, lists: impl Iterator<Item = &'a [i32]>, oov_id: i32) {
+        self.observe_tweets(lists.map(|t| (t.len(), t.iter().filter(|&&id| id == oov_id).count())));
+    }
+
     /// Records one chunk of tweets: per tweet, the number of ids its token list has (after
     /// preprocessing and truncation, as the model sees it; padding excluded) and how many of
     /// them are the out-of-vocabulary id. Lock-free, no allocation. Counts above 65 534 are
@@ -836,6 +842,16 @@ mod tests {
         ] {
             assert_eq!(d.le_index(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn token_lists_count_their_lengths_and_oov_ids() {
+        let d = Drift::new(None, 100);
+        let lists: [&[i32]; 3] = [&[5, 1, 7], &[1], &[9, 9, 9, 9]];
+        d.observe_token_lists(lists.into_iter(), 1);
+        let s = d.snapshot();
+        assert_eq!(s.recent_oov_rate, 2.0 / 8.0);
+        assert_eq!(s.recent_mean_tokens, 8.0 / 3.0);
     }
 
     #[test]

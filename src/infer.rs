@@ -68,23 +68,12 @@ pub fn run(
 /// Feeds the model's drift statistics (lock-free; a scan over ~10 ids per tweet).
 fn observe_drift(model: &LiveModel, ids: &[&[i32]], results: &[Result<f32, String>]) {
     let oov = model.classifier.tokenizer().oov_id();
-    model.drift.observe_tweets(
-        ids.iter()
-            .map(|t| (t.len(), t.iter().filter(|&&id| id == oov).count())),
-    );
-    let mut scores = [0f32; 256];
-    let mut ok = results.iter().filter_map(|r| r.as_ref().ok().copied());
-    loop {
-        let mut n = 0;
-        for s in ok.by_ref().take(scores.len()) {
-            scores[n] = s;
-            n += 1;
-        }
-        if n == 0 {
-            break;
-        }
-        model.drift.observe_scores(&scores[..n]);
-    }
+    model.drift.observe_token_lists(ids.iter().copied(), oov);
+    let scores: Vec<f32> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    model.drift.observe_scores(&scores);
 }
 
 /// This thread's session for `model`, created on first use; sessions of models that are

@@ -146,10 +146,9 @@ fn run(
             }
         }
         let scores = session.score_each(&ids);
-        candidate.drift.observe_tweets(ids.iter().map(|t| {
-            let oov = t.iter().filter(|&&id| id == tokenizer.oov_id()).count();
-            (t.len(), oov)
-        }));
+        candidate
+            .drift
+            .observe_token_lists(ids.iter().map(Vec::as_slice), tokenizer.oov_id());
         let mut batch_scores = Vec::with_capacity(scores.len());
         for (&i, score) in ok.iter().zip(scores) {
             let Ok(score) = score else { continue };
