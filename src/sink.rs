@@ -125,13 +125,13 @@ const DLQ_MIN_VALUE_BYTES: usize = 1024;
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.client_errors_total.inc();
-        let fatal = matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal));
+        // A transactional producer's fencing arrives as a fatal error, or as the fencing code
+        // itself (librdkafka raises `_FENCED` directly when a transaction call is refused).
+        let fenced = error.rdkafka_error_code().is_some_and(is_fenced);
+        let fatal = fenced || matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal));
         match (&self.lane, fatal) {
             (Some(lane), true) => {
-                let code = error.rdkafka_error_code();
-                let kind = if code.is_some_and(is_fenced)
-                    || reason.to_ascii_lowercase().contains("fenced")
-                {
+                let kind = if fenced || reason.to_ascii_lowercase().contains("fenced") {
                     FailureKind::Fenced
                 } else {
                     FailureKind::Other

@@ -65,9 +65,6 @@ pub struct SourceConfig {
     pub rejoin_grace: Duration,
 }
 
-/// How long a fenced partition waits for the group to take it away before the worker gives up.
-const FENCED_WAIT: Duration = Duration::from_secs(60);
-
 /// What every partition thread shares.
 pub struct SourceShared {
     /// The live model: each chunk is tokenized by (and later scored with) the one live when
@@ -676,24 +673,29 @@ impl PartitionThread {
             .as_ref()
             .is_some_and(|f| f.kind == FailureKind::Fenced)
         {
-            // Another instance took over this partition's transactional id: this one is a
-            // zombie for it and must not write it again. Its consumer learns the same from the
-            // group (the partition is revoked as lost); wait for that, boundedly.
+            // Another producer took this partition's transactional id. If this instance is the
+            // zombie (it was frozen while the group moved the partition on), its consumer learns
+            // that from the group within a few heartbeats and the partition is revoked as lost
+            // meanwhile: wait for that, and never write it again. If the partition is still
+            // assigned here after that, the group says this instance owns it and the fencer was
+            // the zombie (a frozen instance that woke with a transaction open: its producer
+            // bumps its epoch and fences the owner). Then take the id back by rewinding as after
+            // any failure; the rewind count bounds a fencing ping-pong.
             tracing::warn!(
                 partition = self.partition,
                 "fenced by another instance: {reason}"
             );
-            let until = Instant::now() + FENCED_WAIT;
+            let until = Instant::now() + self.shared.cfg.rejoin_grace * 2;
             while Instant::now() < until {
                 if self.signal.is_set() {
                     return Err(Stop::Asked);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            return Err(Stop::Fatal(format!(
-                "partition {}: fenced by another instance ({reason}), yet still assigned here after {FENCED_WAIT:?}",
-                self.partition
-            )));
+            tracing::warn!(
+                partition = self.partition,
+                "still assigned here after being fenced: the fencer was a zombie; taking the partition's transactional id back"
+            );
         }
         // At-least-once: the first chunk not acknowledged. Exactly-once: the last transaction's
         // commit (acknowledged outputs of an aborted transaction are discarded too).

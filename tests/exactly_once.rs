@@ -164,3 +164,60 @@ fn rebalance_churn_keeps_exactly_once() {
     assert_exactly_once(&w, sc, sent, &stable.log_text());
     stable.terminate_cleanly(Duration::from_secs(30));
 }
+
+#[test]
+fn an_owner_fenced_by_a_stranger_takes_its_partition_back_and_stays_exactly_once() {
+    // What a zombie that wakes with a transaction open can do (its producer bumps its epoch):
+    // fence the partition's rightful owner. Here a stranger does it on purpose, three times,
+    // with partition 0's transactional id, while the owner has records in flight. The owner is
+    // still assigned the partition, so it must take the id back and go on: no exit, no loss,
+    // no duplicate for read_committed.
+    let w = World::new();
+    let feeder = w.feed(300);
+    let mut sc = Scenario::start(
+        "exactly-once: the owner fenced 3 times by a stranger with its transactional id",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
+    let mut worker = eos_worker(&w, &[]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
+    let id = format!("{}-{}-0", w.group, w.input);
+    for round in 1..=3 {
+        wait_until(WAIT, "records in flight", || worker.in_flight() > 0);
+        let stranger: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", w.bootstrap())
+            .set("transactional.id", &id)
+            .create()
+            .expect("stranger");
+        rdkafka::producer::Producer::init_transactions(&stranger, Duration::from_secs(30))
+            .expect("the stranger takes the id");
+        drop(stranger);
+        let deadline = std::time::Instant::now() + WAIT;
+        while worker
+            .log_text()
+            .matches("taking the partition's transactional id back")
+            .count()
+            < round
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the owner did not take its id back:\n{}",
+                worker.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The owner's producer is back only once partition 0 commits again (a fence before
+        // that would be undone by the owner's own re-initialisation).
+        let before = w.committed().get(&0).copied().unwrap_or(0);
+        wait_until(WAIT, "partition 0 committing again", || {
+            w.committed().get(&0).copied().unwrap_or(0) > before
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    worker.sample(&mut sc);
+    let sent = feeder.stop();
+    assert!(worker.is_running(), "{}", worker.log_text());
+    assert_exactly_once(&w, sc, sent, &worker.log_text());
+    worker.terminate_cleanly(Duration::from_secs(30));
+}
