@@ -67,7 +67,11 @@ impl World {
 
     /// Starts `kafka-infer run` against this world. Logs go to a file.
     pub fn start_worker(&self, extra: &[&str]) -> Worker {
-        let log = std::env::temp_dir().join(format!("{}-worker-{}.log", self.group, unique("w")));
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{}-worker-{}.log",
+            self.group,
+            unique("w")
+        ));
         let f = std::fs::File::create(&log).expect("log file");
         // Test defaults, unless the test passes the flag itself.
         let defaults = [
