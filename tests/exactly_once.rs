@@ -183,8 +183,16 @@ fn an_owner_fenced_by_a_stranger_takes_its_partition_back_and_stays_exactly_once
     let mut worker = eos_worker(&w, &[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     let id = format!("{}-{}-0", w.group, w.input);
+    let rewinds = |worker: &Worker| {
+        worker
+            .metrics()
+            .get("kafka_infer_partition_rewinds_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
     for round in 1..=3 {
         wait_until(WAIT, "records in flight", || worker.in_flight() > 0);
+        let r0 = rewinds(&worker);
         let stranger: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", w.bootstrap())
             .set("transactional.id", &id)
@@ -193,26 +201,17 @@ fn an_owner_fenced_by_a_stranger_takes_its_partition_back_and_stays_exactly_once
         rdkafka::producer::Producer::init_transactions(&stranger, Duration::from_secs(30))
             .expect("the stranger takes the id");
         drop(stranger);
-        let deadline = std::time::Instant::now() + WAIT;
-        while worker
-            .log_text()
-            .matches("taking the partition's transactional id back")
-            .count()
-            < round
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: the owner did not take its id back:\n{}",
-                worker.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The owner's producer is back only once partition 0 commits again (a fence before
-        // that would be undone by the owner's own re-initialisation).
+        // From here on the owner's old producer can commit nothing: partition 0 commits again
+        // only once the owner has noticed (its transaction refused: it rewinds) and
+        // re-initialised its producer, taking the id back.
         let before = w.committed().get(&0).copied().unwrap_or(0);
+        wait_until(WAIT, "the owner noticing the fence (a rewind)", || {
+            rewinds(&worker) > r0
+        });
         wait_until(WAIT, "partition 0 committing again", || {
             w.committed().get(&0).copied().unwrap_or(0) > before
         });
+        assert!(worker.is_running(), "round {round}:\n{}", worker.log_text());
     }
     std::thread::sleep(Duration::from_secs(2));
     worker.sample(&mut sc);
