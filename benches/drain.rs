@@ -11,6 +11,7 @@
 //!     cargo bench --bench drain                          # 1,000,000 tweets
 //!     DRAIN_TWEETS=200000 cargo bench --bench drain      # quicker
 //!     DRAIN_ONLY=0,2 cargo bench --bench drain           # some contenders (by index)
+//!     DRAIN_ARGS="-X producer.linger.ms=5" cargo bench --bench drain   # extra worker flags
 //!
 //! The reader of the output topic shares the machine with the worker, as a real consumer would.
 
@@ -91,6 +92,9 @@ fn main() {
     let only: Option<Vec<usize>> = std::env::var("DRAIN_ONLY")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let extra: Vec<String> = std::env::var("DRAIN_ARGS")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let broker = Kafka::start(1);
     let bootstrap = broker.bootstrap.clone();
     let input = unique("drain-in");
@@ -131,6 +135,7 @@ fn main() {
                 .args(["--input-topic", &input, "--output-topic", &output])
                 .args(["--dlq-topic", &dlq, "--metrics-addr", "off"])
                 .args(c.args)
+                .args(&extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .spawn()

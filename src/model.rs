@@ -7,6 +7,7 @@
 //! session, as tract intends, so inference threads never contend on a lock once a plan exists.
 //! Sequences longer than `max_len` (which the tokenizer never produces) run the generic plan.
 
+pub mod fused;
 pub mod plan;
 
 use std::path::Path;
@@ -256,9 +257,11 @@ pub struct Session {
 }
 
 /// What one more model run costs, in padded positions, when a batch is split into groups of
-/// similar length ([`batch::group_by_length`]). Measured on a 2-core EPYC: a run has ~15 µs of
-/// fixed work (node dispatch, allocations, the pool geometry), a padded position ~0.1 µs.
-const RUN_COST_IN_POSITIONS: usize = 128;
+/// similar length ([`batch::group_by_length`]). Measured with `examples/profile_nodes.rs`: a run
+/// has ~15 µs of fixed work (node dispatch, allocations, the pool geometry); a padded position
+/// cost ~0.1 µs before the convolution was fused ([`plan`]), ~0.055 µs since. (Batch-256
+/// throughput with 128, 320 and 640 here was within this machine's ±40 % noise.)
+const RUN_COST_IN_POSITIONS: usize = 256;
 
 impl Session {
     /// Scores token-id sequences. One score per sequence, in order. Sequences of very different
