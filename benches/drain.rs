@@ -119,6 +119,7 @@ fn main() {
         let group = unique("drain");
         create_topics(&bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]);
         let reader = reader(&bootstrap, &output);
+        let log = std::env::temp_dir().join(format!("{group}.log"));
         let mut child = if c.bare {
             Command::new(std::env::current_exe().expect("own path"))
                 .env(
@@ -136,8 +137,10 @@ fn main() {
                 .args(["--dlq-topic", &dlq, "--metrics-addr", "off"])
                 .args(c.args)
                 .args(&extra)
-                .env("RUST_LOG", "warn")
+                // Warnings, and the exit summary (batches and their mean size).
+                .env("RUST_LOG", "warn,kafka_infer::worker=info")
                 .stdin(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("worker log"))
                 .spawn()
                 .expect("start worker")
         };
@@ -149,6 +152,10 @@ fn main() {
             .args(["-TERM", &child.id().to_string()])
             .status();
         let _ = child.wait();
+        let exit_summary = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|l| l.lines().rev().find(|l| l.contains("avg_batch")).map(str::to_owned));
+        let _ = std::fs::remove_file(&log);
         let secs = (last - first).as_secs_f64();
         let rate = (got.saturating_sub(1)) as f64 / secs.max(1e-9);
         let us_per_tweet = cpu * 1e6 / got.max(1) as f64;
@@ -166,6 +173,13 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(line) = exit_summary {
+            let batches: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| w.starts_with("batches=") || w.starts_with("avg_batch="))
+                .collect();
+            println!("  worker: {}", batches.join(" "));
+        }
         rows.push((c.label, got, secs, rate, us_per_tweet, rss_kb));
     }
     println!("\n| contender | outputs | first→last (s) | tweets/s | CPU µs/tweet | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|");
