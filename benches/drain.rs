@@ -152,9 +152,12 @@ fn main() {
             .args(["-TERM", &child.id().to_string()])
             .status();
         let _ = child.wait();
-        let exit_summary = std::fs::read_to_string(&log)
-            .ok()
-            .and_then(|l| l.lines().rev().find(|l| l.contains("avg_batch")).map(str::to_owned));
+        let exit_summary = std::fs::read_to_string(&log).ok().and_then(|l| {
+            l.lines()
+                .rev()
+                .find(|l| l.contains("avg_batch"))
+                .map(str::to_owned)
+        });
         let _ = std::fs::remove_file(&log);
         let secs = (last - first).as_secs_f64();
         let rate = (got.saturating_sub(1)) as f64 / secs.max(1e-9);
