@@ -47,8 +47,8 @@ enum Entry {
 /// Text → token ids. Cheap to share between threads (`&self` only).
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
-    /// Vocabulary words and stop words, lowercased, in one map: one lookup per token.
-    entries: HashMap<Box<[u8]>, Entry>,
+    /// Vocabulary words and stop words, lowercased, in one table: one lookup per token.
+    entries: Table,
     /// Longest key in `entries`: longer tokens are out-of-vocabulary without a lookup.
     longest_entry: usize,
     max_len: usize,
@@ -118,7 +118,7 @@ impl Tokenizer {
         }
         let longest_entry = entries.keys().map(|k| k.len()).max().unwrap_or(0);
         let mut tok = Tokenizer {
-            entries,
+            entries: Table::new(&entries),
             longest_entry,
             max_len: cfg.max_len,
             min_token_len: cfg.min_token_len,
@@ -220,25 +220,141 @@ impl Tokenizer {
         if token.len() > self.longest_entry {
             return Some(self.oov_id);
         }
-        let mut buf = [0u8; 64];
-        let key: &[u8] = if token.len() <= buf.len() {
-            let lower = &mut buf[..token.len()];
-            for (d, s) in lower.iter_mut().zip(token) {
-                *d = s.to_ascii_lowercase();
-            }
-            lower
-        } else {
-            // Only reachable with a vocabulary word longer than 64 letters.
-            return match self.entries.get(token.to_ascii_lowercase().as_slice()) {
-                Some(Entry::Id(id)) => Some(*id),
-                Some(Entry::Stopword) => None,
-                None => Some(self.oov_id),
-            };
-        };
-        match self.entries.get(key) {
-            Some(Entry::Id(id)) => Some(*id),
+        match self.entries.get(token) {
+            Some(Entry::Id(id)) => Some(id),
             Some(Entry::Stopword) => None,
             None => Some(self.oov_id),
+        }
+    }
+}
+
+/// The vocabulary as an open-addressing table built for the one question the tokenizer asks
+/// millions of times a second: which entry is this run of ASCII letters, lowercased?
+///
+/// A token is read 8 bytes at a time; each word is lowercased with one OR (for an ASCII letter,
+/// setting bit 5 lowercases it, and tokens are letters only), hashed, and compared as words —
+/// no lowercased copy, no `memcmp` call, no per-byte hashing. (A general `HashMap<Box<[u8]>, _>`
+/// spent a third of a partition thread's time here: hashing, probing and `memcmp`.) Keys longer
+/// than [`Table::MAX_KEY`] bytes live in a plain map; tokens that long are rare.
+#[derive(Debug, Clone)]
+struct Table {
+    /// Power-of-two sized, at most half full.
+    slots: Vec<Slot>,
+    /// `64 - log2(slots.len())`: a key's home slot is its hash's top bits (a multiplicative
+    /// hash mixes into the high bits; its low bits depend only on the inputs' low bits).
+    shift: u32,
+    /// The keys, lowercased, each padded with zero bytes to whole little-endian words.
+    words: Vec<u64>,
+    long: HashMap<Box<[u8]>, Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    /// Where the key's words start in `words`; its length in bytes (0: an empty slot).
+    at: u32,
+    len: u32,
+    entry: Entry,
+}
+
+const EMPTY: Slot = Slot {
+    hash: 0,
+    at: 0,
+    len: 0,
+    entry: Entry::Stopword,
+};
+
+impl Table {
+    const MAX_KEY: usize = 64;
+
+    fn new(entries: &HashMap<Box<[u8]>, Entry>) -> Table {
+        let short = entries
+            .keys()
+            .filter(|k| (1..=Self::MAX_KEY).contains(&k.len()))
+            .count();
+        let size = (short * 2).next_power_of_two().max(2);
+        let mut table = Table {
+            slots: vec![EMPTY; size],
+            shift: 64 - size.trailing_zeros(),
+            words: Vec::new(),
+            long: HashMap::default(),
+        };
+        let mask = size - 1;
+        for (key, &entry) in entries {
+            if !(1..=Self::MAX_KEY).contains(&key.len()) {
+                table.long.insert(key.clone(), entry);
+                continue;
+            }
+            // Keys are stored exactly as given; a key with a byte a token cannot have (not a
+            // lowercase letter) simply never matches, as with an exact map.
+            let (hash, words) = Self::hash_words(key, false);
+            let at = table.words.len() as u32;
+            table
+                .words
+                .extend_from_slice(&words[..key.len().div_ceil(8)]);
+            let mut i = (hash >> table.shift) as usize;
+            while table.slots[i].len != 0 {
+                i = (i + 1) & mask;
+            }
+            table.slots[i] = Slot {
+                hash,
+                at,
+                len: key.len() as u32,
+                entry,
+            };
+        }
+        table
+    }
+
+    /// The hash of `key` and its bytes as words (lowercased first if `lower`).
+    #[inline(always)]
+    fn hash_words(key: &[u8], lower: bool) -> (u64, [u64; 8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut words = [0u64; 8];
+        let mut hash = (key.len() as u64).wrapping_mul(K);
+        for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
+            // Little-endian, zero-padded (a byte loop: a variable-length copy is a memcpy call).
+            *w = chunk
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            if lower {
+                // Bit 5 of each of the chunk's bytes: 'A' (0x41) | 0x20 = 'a' (0x61).
+                *w |= 0x2020_2020_2020_2020u64 >> (8 * (8 - chunk.len()));
+            }
+            hash = (hash.rotate_left(5) ^ *w).wrapping_mul(K);
+        }
+        (hash, words)
+    }
+
+    /// The entry for `token`, a run of ASCII letters in any case.
+    #[inline]
+    fn get(&self, token: &[u8]) -> Option<Entry> {
+        if token.len() > Self::MAX_KEY {
+            return self
+                .long
+                .get(token.to_ascii_lowercase().as_slice())
+                .copied();
+        }
+        let (hash, words) = Self::hash_words(token, true);
+        let n = token.len().div_ceil(8);
+        let mask = self.slots.len() - 1;
+        let mut i = (hash >> self.shift) as usize;
+        loop {
+            let slot = &self.slots[i];
+            if slot.len == 0 {
+                return None;
+            }
+            if slot.hash == hash
+                && slot.len as usize == token.len()
+                && self.words[slot.at as usize..][..n]
+                    .iter()
+                    .zip(&words[..n])
+                    .all(|(a, b)| a == b)
+            {
+                return Some(slot.entry);
+            }
+            i = (i + 1) & mask;
         }
     }
 }
@@ -335,6 +451,45 @@ mod tests {
             tok().encode("fire fire fire fire fire http://x"),
             vec![3; 5]
         );
+    }
+
+    #[test]
+    fn the_vocabulary_table_answers_as_an_exact_map_would() {
+        let mut words: Vec<String> = vec!["a".into(), "fire".into(), "news".into()];
+        // Every length up to past the table's word-packed limit, and non-letter keys.
+        for n in 1..=70 {
+            words.push("q".repeat(n));
+            words.push(format!("{}z", "ab".repeat(n / 2)));
+        }
+        words.push("don't".into());
+        words.push("x1".into());
+        let map: HashMap<Box<[u8]>, Entry> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_bytes().into(), Entry::Id(i as i32)))
+            .collect();
+        let table = Table::new(&map);
+        let id = |e: Option<Entry>| match e {
+            Some(Entry::Id(i)) => Some(i),
+            Some(Entry::Stopword) => Some(-1),
+            None => None,
+        };
+        for (w, e) in &map {
+            let w = std::str::from_utf8(w).expect("ascii");
+            if w.bytes().all(|b| b.is_ascii_lowercase()) {
+                assert_eq!(id(table.get(w.as_bytes())), id(Some(*e)), "{w}");
+                let upper = w.to_ascii_uppercase();
+                assert_eq!(id(table.get(upper.as_bytes())), id(Some(*e)), "{upper}");
+            }
+        }
+        for miss in ["b", "fir", "fires", "qq_", "QQQQQQQQQ", "abababz"] {
+            let known = map.contains_key(miss.to_ascii_lowercase().as_bytes());
+            assert_eq!(table.get(miss.as_bytes()).is_some(), known, "{miss}");
+        }
+        // Keys with non-letters are stored but never produced by the scanner: "dont" is not
+        // "don't", and a letter run never equals "x1".
+        assert!(table.get(b"dont").is_none());
+        assert!(table.get(b"x").is_none());
     }
 
     #[test]
