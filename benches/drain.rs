@@ -12,6 +12,10 @@
 //!     DRAIN_TWEETS=200000 cargo bench --bench drain      # quicker
 //!     DRAIN_ONLY=0,2 cargo bench --bench drain           # some contenders (by index)
 //!     DRAIN_ARGS="-X producer.linger.ms=5" cargo bench --bench drain   # extra worker flags
+//!     DRAIN_BEFORE=/path/to/older/kafka-infer cargo bench --bench drain  # before vs after
+//!
+//! With `DRAIN_BEFORE`, every worker contender also runs with that binary, right after the
+//! current one on the same preloaded topic: before-and-after figures from one run.
 //!
 //! The reader of the output topic shares the machine with the worker, as a real consumer would.
 
@@ -109,11 +113,20 @@ fn main() {
         n as f64 / preload_s
     );
 
-    let mut rows = Vec::new();
+    let before = std::env::var("DRAIN_BEFORE").ok();
+    let current = env!("CARGO_BIN_EXE_kafka-infer").to_owned();
+    let mut runs: Vec<(String, &Contender, String)> = Vec::new();
     for (i, c) in CONTENDERS.iter().enumerate() {
         if only.as_ref().is_some_and(|o| !o.contains(&i)) {
             continue;
         }
+        runs.push((c.label.to_owned(), c, current.clone()));
+        if let (Some(b), false) = (&before, c.bare) {
+            runs.push((format!("{} (before)", c.label), c, b.clone()));
+        }
+    }
+    let mut rows = Vec::new();
+    for (label, c, bin) in &runs {
         let output = unique("drain-out");
         let dlq = unique("drain-dlq");
         let group = unique("drain");
@@ -130,7 +143,7 @@ fn main() {
                 .spawn()
                 .expect("start the baseline")
         } else {
-            Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
+            Command::new(bin)
                 .arg("run")
                 .args(["--brokers", &bootstrap, "--group-id", &group])
                 .args(["--input-topic", &input, "--output-topic", &output])
@@ -164,7 +177,7 @@ fn main() {
         let us_per_tweet = cpu * 1e6 / got.max(1) as f64;
         println!(
             "{}: {got} outputs, first→last {secs:.2} s, {rate:.0} tweets/s, CPU {us_per_tweet:.2} µs/tweet ({cpu:.2} s), peak RSS {:.0} MiB",
-            c.label,
+            label,
             rss_kb as f64 / 1024.0
         );
         println!(
@@ -183,7 +196,7 @@ fn main() {
                 .collect();
             println!("  worker: {}", batches.join(" "));
         }
-        rows.push((c.label, got, secs, rate, us_per_tweet, rss_kb));
+        rows.push((label.as_str(), got, secs, rate, us_per_tweet, rss_kb));
     }
     println!("\n| contender | outputs | first→last (s) | tweets/s | CPU µs/tweet | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|");
     for (label, got, secs, rate, us, rss) in &rows {
