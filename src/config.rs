@@ -109,6 +109,11 @@ pub struct PipelineArgs {
     /// at once when nothing more is queued and an inference thread is idle).
     #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = 5)]
     pub max_wait_ms: u64,
+    /// Let a batch gather this long after its first tweet before an idle inference thread takes
+    /// it. 0 (default): score at once. At moderate rates a few ms give fewer, larger batches and
+    /// much less CPU per tweet, for at most this much added latency (capped by --max-wait-ms).
+    #[arg(long, env = "KAFKA_INFER_MIN_WAIT_MS", default_value_t = 0)]
+    pub min_wait_ms: u64,
     /// Close a batch before batch size × longest tweet (padded tokens) would exceed this.
     #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
@@ -143,6 +148,7 @@ impl PipelineArgs {
         BatchPolicy {
             max_batch: self.max_batch as usize,
             max_wait: Duration::from_millis(self.max_wait_ms),
+            min_wait: Duration::from_millis(self.min_wait_ms),
             max_tokens: self.max_batch_tokens as usize,
         }
     }
