@@ -10,16 +10,19 @@
 //! table, an `Add` chain, and a `ReduceMax` over the sequence. tract runs that faithfully and
 //! spends 90 % of a batch on it (measured node by node with `examples/profile_nodes.rs`): each
 //! `Gather` writes a `[B, S, C]` tensor, the `Add` chain reads three and writes one, the max
-//! reads it again — for a batch of 256 tweets, ~4 MB of intermediates written and read back to
-//! produce a `[B, C]` result. [`ShiftedLookupMax`] computes the same numbers in one pass: for
-//! each position it adds the table rows in the graph's order and folds them into a running max
-//! in registers, so nothing of size `[B, S, C]` is ever written.
+//! reads it again — for 256 tweets padded to 28 positions, ~11 MB of intermediates written and
+//! read back to produce a 98 KB `[B, C]` result. [`ShiftedLookupMax`] computes the same numbers
+//! in one pass: for each position it adds the table rows in the graph's order and folds them
+//! into the row's running max (one row of `C` floats, in L1), so nothing of size `[B, S, C]` is
+//! ever written. What remains is waiting for table rows (3 × 6,487 × 96 floats do not stay in
+//! cache); two layouts meant to help with that — the tables interleaved per id, a software
+//! prefetch two positions ahead — measured slower and were dropped.
 //!
 //! [`fuse_shifted_lookup_max`] finds the pattern in a tract model and replaces it; a graph that
 //! does not match exactly (another export, a broadcasting add, a non-constant table) is left as
 //! it is — correct, only slower. Scores are bit-for-bit those of the unfused plan: the same f32
-//! additions in the same order, and a max (`tests` below compare the two plans on every tweet
-//! length).
+//! additions in the same order, and a max (the tests in [`super::plan`] compare the two plans
+//! bit for bit).
 
 use tract_onnx::prelude::tract_ndarray::Array3;
 use tract_onnx::tract_core::internal::*;
