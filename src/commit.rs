@@ -194,25 +194,8 @@ impl PartitionTracker {
         true
     }
 
-    /// The position to commit if it moved since the last successful commit.
-    pub fn uncommitted_position(&self) -> Option<i64> {
-        let pos = self.commit_position()?;
-        let last = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        (last != Some(pos)).then_some(pos)
-    }
-
     pub fn mark_committed(&self, position: i64) {
         *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(position);
-    }
-
-    /// A commit of `position` failed after all (asynchronous commits fail later, e.g. during
-    /// a rebalance): forget it, so the next periodic commit sends the position again even if
-    /// it has not moved since.
-    pub fn forget_committed(&self, position: i64) {
-        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        if *c == Some(position) {
-            *c = None;
-        }
     }
 
     pub fn last_committed(&self) -> Option<i64> {
@@ -341,21 +324,18 @@ mod tests {
     }
 
     #[test]
-    fn tracker_reports_only_positions_not_yet_committed() {
+    fn tracker_reports_its_position_and_what_was_last_committed() {
         let t = PartitionTracker::new(None);
         assert!(t.track(0, 0, 1));
         assert!(t.stalled_for().is_some());
         t.ack(0);
         assert_eq!(t.stalled_for(), None);
-        assert_eq!(t.uncommitted_position(), Some(1));
+        assert_eq!(t.commit_position(), Some(1));
+        assert_eq!(t.last_committed(), None);
         t.mark_committed(1);
-        assert_eq!(t.uncommitted_position(), None);
-        t.forget_committed(1);
-        assert_eq!(
-            t.uncommitted_position(),
-            Some(1),
-            "a failed commit is sent again"
-        );
+        assert_eq!(t.last_committed(), Some(1));
+        // Still reported after a commit: the periodic commit re-sends it (source::commit_async).
+        assert_eq!(t.commit_position(), Some(1));
         assert!(t.wait_drained(Instant::now()));
     }
 }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -340,13 +341,22 @@ impl Source {
     }
 }
 
-/// Commits (asynchronously) the current safe position of each lane that moved since its last
-/// commit. At-least-once only: exactly-once lanes commit inside their transactions.
+/// Commits (asynchronously) the current safe position of every running lane, whether it moved
+/// since the last commit or not. At-least-once only: exactly-once lanes commit inside their
+/// transactions.
+///
+/// Re-sending unmoved positions is what makes a failed commit harmless: librdkafka tells nobody
+/// how a manual asynchronous commit ended (it raises the commit event for its own
+/// auto-commits only and merely logs `COMMITFAIL` for ours), so a commit lost to a rebalance
+/// would otherwise leave an idle partition's committed offset behind for good — found in CI,
+/// where the group-churn test saw the last positions' commits fail and never sent again.
+/// Java's auto-commit re-sends every position each interval for the same reason. The cost is
+/// one small OffsetCommit request per interval.
 pub fn commit_async(consumer: &SourceConsumer, lanes: &[Arc<Lane>], metrics: &Metrics) {
     let positions: Vec<(&Arc<Lane>, i64)> = lanes
         .iter()
         .filter(|l| l.is_running())
-        .filter_map(|l| l.tracker.uncommitted_position().map(|p| (l, p)))
+        .filter_map(|l| l.tracker.commit_position().map(|p| (l, p)))
         .collect();
     if let Err(e) = commit(consumer, &positions, CommitMode::Async, metrics) {
         tracing::warn!("commit failed (will retry): {e}");
@@ -409,8 +419,8 @@ fn commit(
         tpl.add_partition_offset(&lane.topic, lane.partition, Offset::Offset(*pos))?;
     }
     consumer.commit(&tpl, mode)?;
-    // Async commits are confirmed in `commit_callback`; recording the position here only skips
-    // re-sending it. A failed async commit is retried at the next position.
+    // For an async commit this records what was *sent* (librdkafka does not report how it
+    // ended; `commit_async` re-sends every interval); for a sync one, what the broker took.
     for (lane, pos) in positions {
         lane.tracker.mark_committed(*pos);
         metrics.set_committed(lane.partition, *pos);
@@ -852,6 +862,32 @@ impl PartitionThread {
 }
 
 impl ClientContext for Source {
+    /// As rdkafka's default context logs, and counts failed offset commits: for the worker's
+    /// manual asynchronous commits this log line is the only sign librdkafka gives of a failure
+    /// (see [`commit_async`], which re-sends every position each interval).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "COMMITFAIL" {
+            self.shared.metrics.commit_errors_total.inc();
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+        }
+    }
+
     fn stats(&self, stats: Statistics) {
         for topic in stats.topics.values() {
             for (id, p) in &topic.partitions {
@@ -938,18 +974,14 @@ impl ConsumerContext for Source {
         }
     }
 
-    /// Asynchronous commits are recorded when sent (so an unmoved position is not sent again
-    /// every interval); one that fails is forgotten here, so the next interval retries it —
-    /// otherwise a partition whose input has gone quiet would keep a stale commit for good.
+    /// Only reached for commits librdkafka reports (not the worker's manual asynchronous ones:
+    /// see [`commit_async`]); counted and logged.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let failed: Vec<(String, i32, i64)> = offsets
+        let failed: Vec<i32> = offsets
             .elements()
             .iter()
             .filter(|e| result.is_err() || e.error().is_err())
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o)),
-                _ => None,
-            })
+            .map(|e| e.partition())
             .collect();
         if failed.is_empty() {
             return;
@@ -961,12 +993,6 @@ impl ConsumerContext for Source {
                 "offset commit failed for {} partitions (will retry)",
                 failed.len()
             ),
-        }
-        let partitions = lock(&self.partitions);
-        for (topic, partition, offset) in failed {
-            if let Some(p) = partitions.get(&(topic, partition)) {
-                lock(&p.lane).tracker.forget_committed(offset);
-            }
         }
     }
 }

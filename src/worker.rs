@@ -155,6 +155,12 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         .set("queued.max.messages.kbytes", "16384")
         // Statistics carry per-partition consumer lag for /metrics.
         .set("statistics.interval.ms", "5000");
+    // At least warnings, whatever logger the process has (rdkafka derives the level from the
+    // `log` crate's): a failed offset commit is reported only as a COMMITFAIL warning, which
+    // the consumer's context counts (see `source::commit_async`).
+    if (consumer.log_level as i32) < (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+        consumer.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    }
     let mut producer = ClientConfig::new();
     producer
         .set("bootstrap.servers", &cfg.brokers)

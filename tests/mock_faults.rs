@@ -212,6 +212,55 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
 }
 
 #[test]
+fn a_failed_offset_commit_is_sent_again_although_no_new_record_arrives() {
+    let mock = cluster_with_tweets();
+    let brokers = mock.bootstrap_servers();
+
+    // Every offset commit fails (a non-retriable error: librdkafka gives up on it at once)
+    // until the errors are cleared below.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 100_000],
+    );
+    let (metrics, shutdown, worker) = start(fault_config(&brokers, Guarantee::AtLeastOnce));
+
+    // Every tweet is scored and delivered while its commits fail, and the final position's
+    // commits have been sent (and failed) several times: the input is quiet from here on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while predicted(&brokers).len() < N as usize {
+        assert!(Instant::now() < deadline, "not every tweet was predicted");
+    }
+    // Ten commit intervals: the final position has been sent, and refused, since.
+    std::thread::sleep(10 * fault_config(&brokers, Guarantee::AtLeastOnce).commit_interval);
+    assert!(
+        metrics.commit_errors_total.get() > 0,
+        "no commit failed: the fault was not injected"
+    );
+    assert_eq!(committed(&brokers), 0, "a commit went through the fault");
+
+    // The broker accepts commits again; no record arrives to move the position.
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed(&brokers) < N {
+        assert!(
+            Instant::now() < deadline,
+            "committed offset stuck at {} of {N}",
+            committed(&brokers)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metrics.consumed_total.get(),
+        N as u64,
+        "nothing was re-read"
+    );
+    shutdown.request();
+    let summary = worker.join().expect("worker thread").expect("worker ran");
+    assert_eq!(summary.fatal, None);
+    assert_eq!(summary.undelivered, 0);
+}
+
+#[test]
 fn a_produce_failure_mid_transaction_aborts_it_and_the_partition_is_processed_again() {
     let mock = cluster_with_tweets();
     let brokers = mock.bootstrap_servers();
