@@ -172,8 +172,8 @@ impl Job<'_> {
                 }
             }
             best.fill(f32::NEG_INFINITY);
+            #[cfg(target_arch = "x86_64")]
             if let [t0, t1, t2] = self.tables {
-                #[cfg(target_arch = "x86_64")]
                 if avx2 && c % 8 == 0 {
                     // SAFETY: AVX2 is present (checked above); every offset in `at` is a resolved
                     // row (`row × c` with `row < vocab`, and each table holds `vocab × c` floats),
@@ -182,16 +182,8 @@ impl Job<'_> {
                     unsafe { max_of_sum3_avx2(best, [t0, t1, t2], &at, seq) };
                     continue;
                 }
-                for t in 0..seq {
-                    let r0 = &t0[at[t]..][..c];
-                    let r1 = &t1[at[seq + t]..][..c];
-                    let r2 = &t2[at[2 * seq + t]..][..c];
-                    for i in 0..c {
-                        best[i] = best[i].max((r0[i] + r1[i]) + r2[i]);
-                    }
-                }
-                continue;
             }
+            // Any number of terms, added in the graph's order ((t0 + t1) + t2 for three).
             for t in 0..seq {
                 sum.copy_from_slice(&self.tables[0][at[t]..][..c]);
                 for (k, table) in self.tables.iter().enumerate().skip(1) {
@@ -330,11 +322,7 @@ fn matches(model: &TypedModel, id: usize) -> TractResult<Option<Found>> {
         }
     }
     leaves.reverse();
-    let mut found = Found {
-        ids: OutletId::new(0, 0),
-        tables: Vec::new(),
-        terms: Vec::new(),
-    };
+    let (mut tables, mut terms) = (Vec::new(), Vec::new());
     let mut source: Option<OutletId> = None;
     for leaf in leaves {
         let n = model.node(leaf.node);
@@ -356,13 +344,13 @@ fn matches(model: &TypedModel, id: usize) -> TractResult<Option<Found>> {
         if *source.get_or_insert(ids) != ids {
             return Ok(None);
         }
-        if let Some(first) = found.tables.first() {
+        if let Some(first) = tables.first() {
             if model.outlet_fact(*first)?.shape != table.shape {
                 return Ok(None);
             }
         }
-        found.tables.push(n.inputs[0]);
-        found.terms.push(term);
+        tables.push(n.inputs[0]);
+        terms.push(term);
     }
     let Some(ids) = source else {
         return Ok(None);
@@ -376,8 +364,7 @@ fn matches(model: &TypedModel, id: usize) -> TractResult<Option<Found>> {
     {
         return Ok(None);
     }
-    found.ids = ids;
-    Ok(Some(found))
+    Ok(Some(Found { ids, tables, terms }))
 }
 
 /// Walks `Cast` → `Slice` (axis 1) → `Pad` (axis 1, constant) back from a `Gather`'s indices
