@@ -201,6 +201,11 @@ mod tests {
         queue_empty: false,
         inference_idle: false,
     };
+    /// Light traffic: nothing queued and an inference thread waiting.
+    const IDLE: Pressure = Pressure {
+        queue_empty: true,
+        inference_idle: true,
+    };
 
     #[test]
     fn an_empty_batch_waits_for_the_first_tweet() {
@@ -242,11 +247,7 @@ mod tests {
     #[test]
     fn light_traffic_flushes_at_once_when_nothing_is_queued_and_a_thread_is_idle() {
         let t0 = Instant::now();
-        let idle = Pressure {
-            queue_empty: true,
-            inference_idle: true,
-        };
-        assert_eq!(decide(&P, 1, 9, Some(t0), idle, t0), Decision::Flush);
+        assert_eq!(decide(&P, 1, 9, Some(t0), IDLE, t0), Decision::Flush);
     }
 
     #[test]
@@ -275,18 +276,14 @@ mod tests {
             ..P
         };
         let t0 = Instant::now();
-        let idle = Pressure {
-            queue_empty: true,
-            inference_idle: true,
-        };
         let gathered = t0 + p.min_wait;
         assert_eq!(
-            decide(&p, 1, 9, Some(t0), idle, t0),
+            decide(&p, 1, 9, Some(t0), IDLE, t0),
             Decision::WaitUntil(gathered)
         );
-        assert_eq!(decide(&p, 1, 9, Some(t0), idle, gathered), Decision::Flush);
+        assert_eq!(decide(&p, 1, 9, Some(t0), IDLE, gathered), Decision::Flush);
         // Size and budget still close it at once; while busy, max_wait still applies.
-        assert_eq!(decide(&p, 4, 1, Some(t0), idle, t0), Decision::Flush);
+        assert_eq!(decide(&p, 4, 1, Some(t0), IDLE, t0), Decision::Flush);
         assert_eq!(
             decide(&p, 1, 9, Some(t0), BUSY, gathered),
             Decision::WaitUntil(t0 + p.max_wait)
@@ -297,11 +294,11 @@ mod tests {
             ..P
         };
         assert_eq!(
-            decide(&long, 1, 9, Some(t0), idle, t0),
+            decide(&long, 1, 9, Some(t0), IDLE, t0),
             Decision::WaitUntil(t0 + long.max_wait)
         );
         assert_eq!(
-            decide(&long, 1, 9, Some(t0), idle, t0 + long.max_wait),
+            decide(&long, 1, 9, Some(t0), IDLE, t0 + long.max_wait),
             Decision::Flush
         );
     }

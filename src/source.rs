@@ -977,22 +977,18 @@ impl ConsumerContext for Source {
     /// Only reached for commits librdkafka reports (not the worker's manual asynchronous ones:
     /// see [`commit_async`]); counted and logged.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let failed: Vec<i32> = offsets
+        let failed = offsets
             .elements()
             .iter()
             .filter(|e| result.is_err() || e.error().is_err())
-            .map(|e| e.partition())
-            .collect();
-        if failed.is_empty() {
+            .count();
+        if failed == 0 {
             return;
         }
         self.shared.metrics.commit_errors_total.inc();
         match &result {
             Err(e) => tracing::warn!("offset commit failed (will retry): {e}"),
-            Ok(()) => tracing::warn!(
-                "offset commit failed for {} partitions (will retry)",
-                failed.len()
-            ),
+            Ok(()) => tracing::warn!("offset commit failed for {failed} partitions (will retry)"),
         }
     }
 }

@@ -155,6 +155,17 @@ fn start(
     (metrics, shutdown, worker)
 }
 
+/// Asks the worker to stop and returns its summary; it must not have stopped on a fatal error.
+fn stop(
+    shutdown: Shutdown,
+    worker: std::thread::JoinHandle<kafka_infer::Result<worker::RunSummary>>,
+) -> worker::RunSummary {
+    shutdown.request();
+    let summary = worker.join().expect("worker thread").expect("worker ran");
+    assert_eq!(summary.fatal, None);
+    summary
+}
+
 #[test]
 fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_land() {
     let mock = cluster_with_tweets();
@@ -199,9 +210,7 @@ fn failed_deliveries_rewind_the_partition_and_are_never_committed_before_they_la
     }
     assert_eq!(predicted(&brokers), (0..N).collect::<BTreeSet<_>>());
     assert_eq!(metrics.dead_lettered_total.get(), 0);
-    shutdown.request();
-    let summary = worker.join().expect("worker thread").expect("worker ran");
-    assert_eq!(summary.fatal, None);
+    let summary = stop(shutdown, worker);
     assert_eq!(summary.undelivered, 0);
     assert!(metrics.rewinds_total.get() > 0);
     eprintln!(
@@ -222,7 +231,9 @@ fn a_failed_offset_commit_is_sent_again_although_no_new_record_arrives() {
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_COMMIT_OFFSET_SIZE; 100_000],
     );
-    let (metrics, shutdown, worker) = start(fault_config(&brokers, Guarantee::AtLeastOnce));
+    let cfg = fault_config(&brokers, Guarantee::AtLeastOnce);
+    let commit_interval = cfg.commit_interval;
+    let (metrics, shutdown, worker) = start(cfg);
 
     // Every tweet is scored and delivered while its commits fail, and the final position's
     // commits have been sent (and failed) several times: the input is quiet from here on.
@@ -231,7 +242,7 @@ fn a_failed_offset_commit_is_sent_again_although_no_new_record_arrives() {
         assert!(Instant::now() < deadline, "not every tweet was predicted");
     }
     // Ten commit intervals: the final position has been sent, and refused, since.
-    std::thread::sleep(10 * fault_config(&brokers, Guarantee::AtLeastOnce).commit_interval);
+    std::thread::sleep(10 * commit_interval);
     assert!(
         metrics.commit_errors_total.get() > 0,
         "no commit failed: the fault was not injected"
@@ -254,9 +265,7 @@ fn a_failed_offset_commit_is_sent_again_although_no_new_record_arrives() {
         N as u64,
         "nothing was re-read"
     );
-    shutdown.request();
-    let summary = worker.join().expect("worker thread").expect("worker ran");
-    assert_eq!(summary.fatal, None);
+    let summary = stop(shutdown, worker);
     assert_eq!(summary.undelivered, 0);
 }
 
@@ -303,9 +312,7 @@ fn a_produce_failure_mid_transaction_aborts_it_and_the_partition_is_processed_ag
         seen.iter().copied().collect::<BTreeSet<_>>(),
         (0..N).collect::<BTreeSet<_>>()
     );
-    shutdown.request();
-    let summary = worker.join().expect("worker thread").expect("worker ran");
-    assert_eq!(summary.fatal, None);
+    stop(shutdown, worker);
     eprintln!(
         "transactions aborted: {}, committed: {}, rewinds: {}",
         metrics.transactions_aborted_total.get(),
