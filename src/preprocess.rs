@@ -118,7 +118,7 @@ impl Tokenizer {
         }
         let longest_entry = entries.keys().map(|k| k.len()).max().unwrap_or(0);
         let mut tok = Tokenizer {
-            entries: Table::new(&entries),
+            entries: Table::new(&entries)?,
             longest_entry,
             max_len: cfg.max_len,
             min_token_len: cfg.min_token_len,
@@ -234,8 +234,14 @@ impl Tokenizer {
 /// A token is read 8 bytes at a time; each word is lowercased with one OR (for an ASCII letter,
 /// setting bit 5 lowercases it, and tokens are letters only), hashed, and compared as words —
 /// no lowercased copy, no `memcmp` call, no per-byte hashing. (A general `HashMap<Box<[u8]>, _>`
-/// spent a third of a partition thread's time here: hashing, probing and `memcmp`.) Keys longer
-/// than [`Table::MAX_KEY`] bytes live in a plain map; tokens that long are rare.
+/// spent a third of a partition thread's time here: hashing, probing and `memcmp`.)
+///
+/// In a running worker the table is cold (the partition threads share the cores' caches with
+/// librdkafka and inference): two thirds of a lookup's time was waiting for memory, first the
+/// slot, then the key's bytes elsewhere. So a slot is 16 bytes and holds the key's first 8
+/// bytes itself: a token of up to 8 letters (nearly all of them) is answered by the one cache
+/// line its probe starts in. Keys longer than [`Table::MAX_KEY`] bytes live in a plain map;
+/// tokens that long are rare.
 #[derive(Debug, Clone)]
 struct Table {
     /// Power-of-two sized, at most half full.
@@ -243,67 +249,97 @@ struct Table {
     /// `64 - log2(slots.len())`: a key's home slot is its hash's top bits (a multiplicative
     /// hash mixes into the high bits; its low bits depend only on the inputs' low bits).
     shift: u32,
-    /// The keys, lowercased, each padded with zero bytes to whole little-endian words.
-    words: Vec<u64>,
+    /// Bytes 8.. of the keys longer than 8 bytes, as zero-padded little-endian words.
+    rest: Vec<u64>,
     long: HashMap<Box<[u8]>, Entry>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    hash: u64,
-    /// Where the key's words start in `words`; its length in bytes (0: an empty slot).
-    at: u32,
-    len: u32,
-    entry: Entry,
+    /// The key's first 8 bytes as a little-endian word, zero-padded. 0 marks an empty slot:
+    /// only keys of lowercase letters are stored, and those have no zero byte — which also
+    /// makes `head` alone identify a key of up to 8 bytes.
+    head: u64,
+    /// The id, or [`Slot::STOPWORD`].
+    id: i32,
+    /// 0 for a key of up to 8 bytes; else its length in the low 8 bits and where its bytes
+    /// 8.. start in `rest` above them.
+    tail: u32,
 }
 
-const EMPTY: Slot = Slot {
-    hash: 0,
-    at: 0,
-    len: 0,
-    entry: Entry::Stopword,
-};
+impl Slot {
+    const STOPWORD: i32 = -1;
+    const EMPTY: Slot = Slot {
+        head: 0,
+        id: 0,
+        tail: 0,
+    };
+
+    fn entry(&self) -> Entry {
+        match self.id {
+            Self::STOPWORD => Entry::Stopword,
+            id => Entry::Id(id),
+        }
+    }
+}
 
 impl Table {
     const MAX_KEY: usize = 64;
+    /// `rest` offsets must fit in a slot's `tail` above the length byte.
+    const MAX_REST: usize = 1 << 24;
 
-    fn new(entries: &HashMap<Box<[u8]>, Entry>) -> Table {
+    /// Fails only for a vocabulary of more than a hundred million bytes of long words.
+    fn new(entries: &HashMap<Box<[u8]>, Entry>) -> Result<Table, String> {
+        // A token is a run of ASCII letters, lowercased: a key with any other byte (or
+        // uppercase) can never be asked for, so it is not stored at all.
+        let askable = |k: &[u8]| !k.is_empty() && k.iter().all(u8::is_ascii_lowercase);
         let short = entries
             .keys()
-            .filter(|k| (1..=Self::MAX_KEY).contains(&k.len()))
+            .filter(|k| askable(k) && k.len() <= Self::MAX_KEY)
             .count();
         let size = (short * 2).next_power_of_two().max(2);
         let mut table = Table {
-            slots: vec![EMPTY; size],
+            slots: vec![Slot::EMPTY; size],
             shift: 64 - size.trailing_zeros(),
-            words: Vec::new(),
+            rest: Vec::new(),
             long: HashMap::default(),
         };
         let mask = size - 1;
         for (key, &entry) in entries {
-            if !(1..=Self::MAX_KEY).contains(&key.len()) {
+            if !askable(key) {
+                continue;
+            }
+            if key.len() > Self::MAX_KEY {
                 table.long.insert(key.clone(), entry);
                 continue;
             }
-            // Keys are stored exactly as given; a key with a byte a token cannot have (not a
-            // lowercase letter) simply never matches, as with an exact map.
             let (hash, words) = Self::hash_words(key, false);
-            let at = table.words.len() as u32;
-            table
-                .words
-                .extend_from_slice(&words[..key.len().div_ceil(8)]);
+            let tail = if key.len() > 8 {
+                let at = table.rest.len();
+                if at >= Self::MAX_REST {
+                    return Err("vocabulary too large".into());
+                }
+                table
+                    .rest
+                    .extend_from_slice(&words[1..key.len().div_ceil(8)]);
+                (at as u32) << 8 | key.len() as u32
+            } else {
+                0
+            };
             let mut i = (hash >> table.shift) as usize;
-            while table.slots[i].len != 0 {
+            while table.slots[i].head != 0 {
                 i = (i + 1) & mask;
             }
             table.slots[i] = Slot {
-                hash,
-                at,
-                len: key.len() as u32,
-                entry,
+                head: words[0],
+                id: match entry {
+                    Entry::Id(id) => id,
+                    Entry::Stopword => Slot::STOPWORD,
+                },
+                tail,
             };
         }
-        table
+        Ok(table)
     }
 
     /// The hash of `key` and its bytes as words (lowercased first if `lower`).
@@ -336,23 +372,38 @@ impl Table {
                 .get(token.to_ascii_lowercase().as_slice())
                 .copied();
         }
+        if token.is_empty() {
+            return None;
+        }
         let (hash, words) = Self::hash_words(token, true);
-        let n = token.len().div_ceil(8);
         let mask = self.slots.len() - 1;
         let mut i = (hash >> self.shift) as usize;
+        if token.len() <= 8 {
+            loop {
+                let slot = &self.slots[i];
+                if slot.head == words[0] && slot.tail == 0 {
+                    return Some(slot.entry());
+                }
+                if slot.head == 0 {
+                    return None;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+        let n = token.len().div_ceil(8);
         loop {
             let slot = &self.slots[i];
-            if slot.len == 0 {
+            if slot.head == 0 {
                 return None;
             }
-            if slot.hash == hash
-                && slot.len as usize == token.len()
-                && self.words[slot.at as usize..][..n]
+            if slot.head == words[0]
+                && slot.tail & 0xff == token.len() as u32
+                && self.rest[(slot.tail >> 8) as usize..][..n - 1]
                     .iter()
-                    .zip(&words[..n])
+                    .zip(&words[1..n])
                     .all(|(a, b)| a == b)
             {
-                return Some(slot.entry);
+                return Some(slot.entry());
             }
             i = (i + 1) & mask;
         }
@@ -468,7 +519,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| (w.as_bytes().into(), Entry::Id(i as i32)))
             .collect();
-        let table = Table::new(&map);
+        let table = Table::new(&map).expect("small vocabulary");
         let id = |e: Option<Entry>| match e {
             Some(Entry::Id(i)) => Some(i),
             Some(Entry::Stopword) => Some(-1),
@@ -486,8 +537,8 @@ mod tests {
             let known = map.contains_key(miss.to_ascii_lowercase().as_bytes());
             assert_eq!(table.get(miss.as_bytes()).is_some(), known, "{miss}");
         }
-        // Keys with non-letters are stored but never produced by the scanner: "dont" is not
-        // "don't", and a letter run never equals "x1".
+        // Keys with non-letters are never asked for (the scanner splits at them): "dont" is
+        // not "don't", and a letter run never equals "x1".
         assert!(table.get(b"dont").is_none());
         assert!(table.get(b"x").is_none());
     }
