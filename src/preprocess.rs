@@ -166,25 +166,74 @@ impl Tokenizer {
 
     /// Tokenizes `text`, appending at most `max_len` ids to `out` (which may already hold other
     /// tweets' ids: the worker keeps one id buffer per chunk of records).
+    ///
+    /// Works in windows of up to [`WINDOW`] pieces: find them, prefetch the table slot of each
+    /// token, then look them up in order. In the worker the vocabulary is mostly out of L2 by
+    /// the time the next tweet comes (librdkafka and the model pass through the same caches),
+    /// and a lookup is then a wait for memory; one token after another, the waits add up,
+    /// while prefetched they overlap. The output is exactly that of looking each piece up as it
+    /// is found (a window only looks further ahead, and lookups stop at `max_len` ids).
     pub fn encode_append(&self, text: &str, out: &mut Vec<i32>) {
         let limit = out.len() + self.max_len;
         let b = text.as_bytes();
-        let mut i = 0;
+        let mut pieces = [Piece::Url; WINDOW + 2];
+        let mut from = Some(0);
+        while let Some(i) = from {
+            let (n, next) = self.scan(b, i, &mut pieces);
+            for p in &pieces[..n] {
+                if let Piece::Token {
+                    find: Find::Table(probe),
+                    ..
+                } = p
+                {
+                    self.entries.prefetch(probe);
+                }
+            }
+            for p in &pieces[..n] {
+                if out.len() >= limit {
+                    return;
+                }
+                match *p {
+                    Piece::Url => out.extend(self.url_id),
+                    Piece::Token { start, end, find } => {
+                        out.extend(self.resolve(&b[start..end], find));
+                    }
+                }
+            }
+            from = next;
+        }
+    }
+
+    /// The pieces of `b` from `i` on, up to [`WINDOW`] of them (a window ends between two
+    /// pieces, never inside a token): how many, and where the next window starts (`None` at
+    /// the end of the text). Letter runs shorter than `min_token_len` are no pieces.
+    fn scan(
+        &self,
+        b: &[u8],
+        mut i: usize,
+        pieces: &mut [Piece; WINDOW + 2],
+    ) -> (usize, Option<usize>) {
+        // At most two pieces (a token and the URL marker) are added per step, and only while
+        // fewer than WINDOW are held or a token is open — which ends before a second one
+        // starts: the array never overflows.
+        let mut n = 0;
         let mut start: Option<usize> = None;
-        while i < b.len() && out.len() < limit {
+        while i < b.len() {
+            if n >= WINDOW && start.is_none() {
+                return (n, Some(i));
+            }
             let c = b[i];
             if c == b'h' {
                 if let Some(end) = url_end(b, i) {
-                    self.flush(b, &mut start, i, out);
-                    if out.len() < limit {
-                        out.extend(self.url_id);
-                    }
+                    self.end_token(b, start.take(), i, pieces, &mut n);
+                    pieces[n] = Piece::Url;
+                    n += 1;
                     i = end;
                     continue;
                 }
             } else if c == b'&' {
                 if let Some(end) = entity_end(b, i) {
-                    self.flush(b, &mut start, i, out);
+                    self.end_token(b, start.take(), i, pieces, &mut n);
                     i = end;
                     continue;
                 }
@@ -192,27 +241,52 @@ impl Tokenizer {
             if c.is_ascii_alphabetic() {
                 start.get_or_insert(i);
             } else {
-                self.flush(b, &mut start, i, out);
+                self.end_token(b, start.take(), i, pieces, &mut n);
             }
             i += 1;
         }
-        if out.len() < limit {
-            self.flush(b, &mut start, b.len(), out);
-        }
+        self.end_token(b, start.take(), b.len(), pieces, &mut n);
+        (n, None)
     }
 
-    /// Ends the letter run that started at `start` (if any) at `end` and emits its id.
+    /// Ends the letter run that started at `start` (if any) at `end`: a piece, unless too short.
     #[inline]
-    fn flush(&self, b: &[u8], start: &mut Option<usize>, end: usize, out: &mut Vec<i32>) {
-        if let Some(s) = start.take() {
-            if let Some(id) = self.lookup(&b[s..end]) {
-                out.push(id);
-            }
+    fn end_token(
+        &self,
+        b: &[u8],
+        start: Option<usize>,
+        end: usize,
+        pieces: &mut [Piece; WINDOW + 2],
+        n: &mut usize,
+    ) {
+        let Some(start) = start else { return };
+        let token = &b[start..end];
+        let find = if token.len() < self.min_token_len {
+            return;
+        } else if token.len() > self.longest_entry {
+            Find::Oov
+        } else {
+            Find::Table(self.entries.probe(token))
+        };
+        pieces[*n] = Piece::Token { start, end, find };
+        *n += 1;
+    }
+
+    /// A token's id, or `None` if the filters drop it.
+    #[inline]
+    fn resolve(&self, token: &[u8], find: Find) -> Option<i32> {
+        let entry = match find {
+            Find::Oov => return Some(self.oov_id),
+            Find::Table(probe) => self.entries.get_probed(token, &probe),
+        };
+        match entry {
+            Some(Entry::Id(id)) => Some(id),
+            Some(Entry::Stopword) => None,
+            None => Some(self.oov_id),
         }
     }
 
     /// Token (ASCII letters, any case) → id, or `None` if the filters drop it.
-    #[inline]
     fn lookup(&self, token: &[u8]) -> Option<i32> {
         if token.len() < self.min_token_len {
             return None;
@@ -220,12 +294,31 @@ impl Tokenizer {
         if token.len() > self.longest_entry {
             return Some(self.oov_id);
         }
-        match self.entries.get(token) {
-            Some(Entry::Id(id)) => Some(id),
-            Some(Entry::Stopword) => None,
-            None => Some(self.oov_id),
-        }
+        self.resolve(token, Find::Table(self.entries.probe(token)))
     }
+}
+
+/// How many pieces [`Tokenizer::encode_append`] finds before looking any up (a tweet has 10–30).
+const WINDOW: usize = 32;
+
+/// Part of a tweet that may become an id.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// The URL marker.
+    Url,
+    /// A letter run `text[start..end]` and how to look it up.
+    Token {
+        start: usize,
+        end: usize,
+        find: Find,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Find {
+    /// Longer than any vocabulary word: out of vocabulary without a lookup.
+    Oov,
+    Table(Probe),
 }
 
 /// The vocabulary as an open-addressing table built for the one question the tokenizer asks
@@ -363,9 +456,38 @@ impl Table {
         (hash, words)
     }
 
-    /// The entry for `token`, a run of ASCII letters in any case.
+    /// Where `token` (a run of ASCII letters in any case) is looked for.
     #[inline]
+    fn probe(&self, token: &[u8]) -> Probe {
+        let (hash, words) = Self::hash_words(token, true);
+        Probe {
+            home: (hash >> self.shift) as usize,
+            head: words[0],
+        }
+    }
+
+    /// Starts fetching the slot a probe begins at into the cache (a hint; no-op elsewhere than
+    /// on x86-64).
+    #[inline]
+    fn prefetch(&self, probe: &Probe) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(slot) = self.slots.get(probe.home) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a prefetch never faults and has no effect but on caches; the pointer is
+            // that of a live slot anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>()) };
+        }
+    }
+
+    /// The entry for `token`, a run of ASCII letters in any case.
+    #[cfg(test)]
     fn get(&self, token: &[u8]) -> Option<Entry> {
+        self.get_probed(token, &self.probe(token))
+    }
+
+    /// The entry for `token`, a run of ASCII letters in any case, whose probe is `probe`.
+    #[inline]
+    fn get_probed(&self, token: &[u8], probe: &Probe) -> Option<Entry> {
         if token.len() > Self::MAX_KEY {
             return self
                 .long
@@ -375,13 +497,12 @@ impl Table {
         if token.is_empty() {
             return None;
         }
-        let (hash, words) = Self::hash_words(token, true);
         let mask = self.slots.len() - 1;
-        let mut i = (hash >> self.shift) as usize;
+        let mut i = probe.home;
         if token.len() <= 8 {
             loop {
                 let slot = &self.slots[i];
-                if slot.head == words[0] && slot.tail == 0 {
+                if slot.head == probe.head && slot.tail == 0 {
                     return Some(slot.entry());
                 }
                 if slot.head == 0 {
@@ -390,13 +511,14 @@ impl Table {
                 i = (i + 1) & mask;
             }
         }
+        let (_, words) = Self::hash_words(token, true);
         let n = token.len().div_ceil(8);
         loop {
             let slot = &self.slots[i];
             if slot.head == 0 {
                 return None;
             }
-            if slot.head == words[0]
+            if slot.head == probe.head
                 && slot.tail & 0xff == token.len() as u32
                 && self.rest[(slot.tail >> 8) as usize..][..n - 1]
                     .iter()
@@ -408,6 +530,13 @@ impl Table {
             i = (i + 1) & mask;
         }
     }
+}
+
+/// A token's home slot in a [`Table`] and its first 8 bytes, lowercased.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    home: usize,
+    head: u64,
 }
 
 /// If `https?://` starts at `i`, the end of the URL (`[!-~]*` after the scheme).
@@ -450,8 +579,12 @@ mod tests {
     use super::*;
 
     fn tok() -> Tokenizer {
+        tok_max(5)
+    }
+
+    fn tok_max(max_len: usize) -> Tokenizer {
         let cfg = Config {
-            max_len: 5,
+            max_len,
             min_token_len: 2,
             pad_id: 0,
             oov_id: 1,
@@ -502,6 +635,36 @@ mod tests {
             tok().encode("fire fire fire fire fire http://x"),
             vec![3; 5]
         );
+    }
+
+    #[test]
+    fn a_text_longer_than_a_lookup_window_tokenizes_as_its_words_do_one_by_one() {
+        // 200 words: several windows, with URLs, entities, stop words and dropped short words
+        // falling on their edges, and truncation at lengths around a window.
+        let words = [
+            "fire",
+            "the",
+            "News",
+            "zzz",
+            "http://x.co/a",
+            "&amp;",
+            "a",
+            "FIRE",
+            "&#39;",
+            "qq",
+        ];
+        let text: Vec<&str> = (0..200).map(|i| words[(i * 7) % words.len()]).collect();
+        let all = tok_max(1000);
+        let want: Vec<i32> = text.iter().flat_map(|w| all.encode(w)).collect();
+        assert!(want.len() > 2 * WINDOW, "{}", want.len());
+        assert_eq!(all.encode(&text.join(" ")), want);
+        for max in [1, WINDOW - 1, WINDOW, WINDOW + 1, 2 * WINDOW + 1] {
+            assert_eq!(
+                tok_max(max).encode(&text.join(" ")),
+                want[..max],
+                "max_len {max}"
+            );
+        }
     }
 
     #[test]
