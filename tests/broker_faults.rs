@@ -1,9 +1,12 @@
 //! Broker faults under load: a partition leader SIGKILLed and restarted in a 3-node Apache Kafka
 //! cluster, and a single broker stopped and restarted with its data. The worker must never
-//! exit, resume by itself, and lose nothing. Each test runs its own cluster (scripts/kafka).
+//! exit, resume by itself, and lose nothing. Each test runs its own cluster (scripts/kafka),
+//! one test at a time: four brokers, two workers and their feeders at once on a small CI
+//! machine would test the machine's patience more than the worker.
 
 mod support;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use support::kafka::Kafka;
@@ -25,6 +28,12 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> usize {
         .expect("partition")
         .leader();
     usize::try_from(leader).expect("a leader")
+}
+
+/// Held for a whole test: the tests of this file run one after the other.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn survive(
@@ -61,6 +70,7 @@ fn survive(
 
 #[test]
 fn the_leader_of_an_input_partition_killed_and_restarted_in_a_three_node_cluster_loses_nothing() {
+    let _serial = one_at_a_time();
     let cluster: &'static Kafka = Box::leak(Box::new(Kafka::start(3)));
     survive(
         "3-node cluster: an input partition's leader SIGKILLed, restarted 12 s later",
@@ -78,6 +88,7 @@ fn the_leader_of_an_input_partition_killed_and_restarted_in_a_three_node_cluster
 
 #[test]
 fn a_single_broker_stopped_and_restarted_with_its_data_loses_nothing() {
+    let _serial = one_at_a_time();
     let broker: &'static Kafka = Box::leak(Box::new(Kafka::start(1)));
     survive(
         "single broker stopped for 10 s and restarted with its data",

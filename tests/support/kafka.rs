@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// The repository root (where `scripts/kafka` lives).
@@ -242,11 +242,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// Sends `rec`, polling for delivery reports while librdkafka's queue is full (preloading many
 /// records outruns it); any other error is returned rather than retried forever.
-pub fn send_waiting<K, P>(
-    producer: &BaseProducer,
+pub fn send_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
     mut rec: BaseRecord<'_, K, P>,
 ) -> Result<(), KafkaError>
 where
+    C: ProducerContext<DeliveryOpaque = ()>,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use kafka::{send_waiting, unique, Kafka};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -152,11 +152,15 @@ impl World {
         let s = stop.clone();
         let texts = kafka_infer::data::test_tweets();
         let handle = std::thread::spawn(move || {
-            let p: BaseProducer = ClientConfig::new()
+            // Its broker and idempotence log is kept (the last lines), to say why if it ever
+            // cannot flush.
+            let p: BaseProducer<LogTail> = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
                 .set("linger.ms", "5")
                 .set("enable.idempotence", "true")
-                .create()
+                .set("debug", "broker,eos")
+                .set_log_level(RDKafkaLogLevel::Debug)
+                .create_with_context(LogTail::default())
                 .expect("producer");
             let mut sent = 0usize;
             let t0 = Instant::now();
@@ -177,8 +181,10 @@ impl World {
             // re-establish the idempotent producer; the feeder is not what is under test.
             if let Err(e) = p.flush(Duration::from_secs(180)) {
                 panic!(
-                    "flush input: {e}; {} of {sent} sends still unacknowledged",
-                    p.in_flight_count()
+                    "flush input: {e}; {} of {sent} sends still unacknowledged; the feeder's \
+                     last librdkafka log lines:\n{}",
+                    p.in_flight_count(),
+                    p.context().lines()
                 );
             }
             sent
@@ -325,6 +331,45 @@ pub fn hold_outputs(ms: u32) -> [String; 2] {
 }
 
 /// A background load started by [`World::feed`].
+/// A client context that keeps the last [`LogTail::KEEP`] librdkafka log lines.
+#[derive(Default)]
+pub struct LogTail {
+    lines: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl LogTail {
+    const KEEP: usize = 300;
+
+    pub fn lines(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl rdkafka::ClientContext for LogTail {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == Self::KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(format!(
+            "{:.3} {level:?} {fac} {log_message}",
+            t0().elapsed().as_secs_f64()
+        ));
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LogTail {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// When this test process first asked (log lines are stamped relative to it).
+fn t0() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
 pub struct Feeder {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<usize>>,
