@@ -266,7 +266,7 @@ impl Tokenizer {
         } else if token.len() > self.longest_entry {
             Find::Oov
         } else {
-            Find::Table(self.entries.probe(token))
+            Find::Table(self.entries.probe_in(b, start, end))
         };
         pieces[*n] = Piece::Token { start, end, find };
         *n += 1;
@@ -378,6 +378,7 @@ impl Slot {
 
 impl Table {
     const MAX_KEY: usize = 64;
+    const K: u64 = 0x517c_c1b7_2722_0a95;
     /// `rest` offsets must fit in a slot's `tail` above the length byte.
     const MAX_REST: usize = 1 << 24;
 
@@ -438,7 +439,7 @@ impl Table {
     /// The hash of `key` and its bytes as words (lowercased first if `lower`).
     #[inline(always)]
     fn hash_words(key: &[u8], lower: bool) -> (u64, [u64; 8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
+        const K: u64 = Table::K;
         let mut words = [0u64; 8];
         let mut hash = (key.len() as u64).wrapping_mul(K);
         for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
@@ -454,6 +455,28 @@ impl Table {
             hash = (hash.rotate_left(5) ^ *w).wrapping_mul(K);
         }
         (hash, words)
+    }
+
+    /// The probe of the token `text[start..end]`: when 8 bytes from `start` are inside
+    /// `text` and the token is no longer than that, its word is one load, masked.
+    #[inline]
+    fn probe_in(&self, text: &[u8], start: usize, end: usize) -> Probe {
+        let len = end - start;
+        match text.get(start..start + 8) {
+            Some(&[a, b, c, d, e, f, g, h]) if len <= 8 => {
+                let keep = u64::MAX >> (8 * (8 - len));
+                let w =
+                    (u64::from_le_bytes([a, b, c, d, e, f, g, h]) | 0x2020_2020_2020_2020) & keep;
+                // hash_words for one word.
+                let hash =
+                    ((len as u64).wrapping_mul(Self::K).rotate_left(5) ^ w).wrapping_mul(Self::K);
+                Probe {
+                    home: (hash >> self.shift) as usize,
+                    head: w,
+                }
+            }
+            _ => self.probe(&text[start..end]),
+        }
     }
 
     /// Where `token` (a run of ASCII letters in any case) is looked for.
@@ -533,7 +556,7 @@ impl Table {
 }
 
 /// A token's home slot in a [`Table`] and its first 8 bytes, lowercased.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Probe {
     home: usize,
     head: u64,
@@ -664,6 +687,26 @@ mod tests {
                 want[..max],
                 "max_len {max}"
             );
+        }
+    }
+
+    #[test]
+    fn a_token_read_as_one_word_probes_as_it_does_byte_by_byte() {
+        let table = &tok().entries;
+        // Runs of every length from 1 to 10, upper and lower case, ending 0..8 bytes before
+        // the end of the text (the last ones cannot be read as a whole word).
+        let text = b"a Bb ccC dddD eEeEe FFFFFF gggggGg hhhhhhhH iiiiiiiii JJJJJJJJJJ x yz";
+        let mut start = None;
+        for i in 0..=text.len() {
+            match (text.get(i).is_some_and(u8::is_ascii_alphabetic), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    let want = table.probe(&text[s..i]);
+                    assert_eq!(table.probe_in(text, s, i), want, "{s}..{i}");
+                    start = None;
+                }
+                _ => {}
+            }
         }
     }
 
