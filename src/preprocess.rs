@@ -260,16 +260,25 @@ impl Tokenizer {
         n: &mut usize,
     ) {
         let Some(start) = start else { return };
-        let token = &b[start..end];
-        let find = if token.len() < self.min_token_len {
+        let Some(find) = self.find(b, start, end) else {
             return;
-        } else if token.len() > self.longest_entry {
-            Find::Oov
-        } else {
-            Find::Table(self.entries.probe_in(b, start, end))
         };
         pieces[*n] = Piece::Token { start, end, find };
         *n += 1;
+    }
+
+    /// How the token `text[start..end]` is looked up: `None` if it is too short to keep, no
+    /// lookup if it is longer than any vocabulary word.
+    #[inline]
+    fn find(&self, text: &[u8], start: usize, end: usize) -> Option<Find> {
+        let len = end - start;
+        if len < self.min_token_len {
+            None
+        } else if len > self.longest_entry {
+            Some(Find::Oov)
+        } else {
+            Some(Find::Table(self.entries.probe_in(text, start, end)))
+        }
     }
 
     /// A token's id, or `None` if the filters drop it.
@@ -288,13 +297,8 @@ impl Tokenizer {
 
     /// Token (ASCII letters, any case) → id, or `None` if the filters drop it.
     fn lookup(&self, token: &[u8]) -> Option<i32> {
-        if token.len() < self.min_token_len {
-            return None;
-        }
-        if token.len() > self.longest_entry {
-            return Some(self.oov_id);
-        }
-        self.resolve(token, Find::Table(self.entries.probe(token)))
+        let find = self.find(token, 0, token.len())?;
+        self.resolve(token, find)
     }
 }
 
