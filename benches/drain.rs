@@ -157,13 +157,32 @@ fn main() {
                 .spawn()
                 .expect("start worker")
         };
-        let (first, last, got) = drain(&reader, n);
+        let (first, last, got) = drain(&reader, n, &mut child);
+        if got < n {
+            if let Ok(Some(status)) = child.try_wait() {
+                println!("{label}: exited early ({status}) after {got} of {n} outputs");
+                if let Ok(l) = std::fs::read_to_string(&log) {
+                    for line in l
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                    {
+                        println!("  | {line}");
+                    }
+                }
+            }
+        }
         let rss_kb = peak_rss_kb(child.id());
         let cpu = cpu_seconds(child.id());
         let threads = thread_cpu(child.id());
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
         let _ = child.wait();
         let exit_summary = std::fs::read_to_string(&log).ok().and_then(|l| {
             l.lines()
@@ -308,17 +327,25 @@ fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
     c
 }
 
-/// Reads the output topic until `n` predictions arrived (or 20 minutes passed); returns the
+/// Reads the output topic until `n` predictions arrived, 20 minutes passed, or the contender
+/// exited (a worker that refused its flags must not cost a 20-minute wait); returns the
 /// arrival times of the first and last and the count.
-fn drain(c: &BaseConsumer, n: usize) -> (Instant, Instant, usize) {
+fn drain(c: &BaseConsumer, n: usize, child: &mut std::process::Child) -> (Instant, Instant, usize) {
     let deadline = Instant::now() + Duration::from_secs(1200);
     let (mut first, mut last, mut got) = (None, Instant::now(), 0usize);
+    let mut exited_at: Option<Instant> = None;
     while got < n && Instant::now() < deadline {
         if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
             let now = Instant::now();
             first.get_or_insert(now);
             last = now;
             got += 1;
+        } else if exited_at.is_none() && !matches!(child.try_wait(), Ok(None)) {
+            exited_at = Some(Instant::now());
+        }
+        // Outputs it produced before exiting may still be on their way: read for 5 s more.
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+            break;
         }
     }
     (first.unwrap_or(last), last, got)
