@@ -207,6 +207,13 @@ impl Tokenizer {
     /// The pieces of `b` from `i` on, up to [`WINDOW`] of them (a window ends between two
     /// pieces, never inside a token): how many, and where the next window starts (`None` at
     /// the end of the text). Letter runs shorter than `min_token_len` are no pieces.
+    ///
+    /// Bytes are classified 64 at a time into bit masks ([`Blocks`]); letter runs, `&` and
+    /// `http` are then found with bit operations, a step per piece instead of a step (and a
+    /// hard-to-predict branch) per byte. The pieces are those of reading byte by byte: at a
+    /// byte `h` that starts `https?://` a URL begins (ending any letter run there), at a `&`
+    /// that starts an entity the entity is skipped, a letter run is a token, anything else
+    /// separates (`tests::scans_as_a_byte_by_byte_reading_does` compares the two).
     fn scan(
         &self,
         b: &[u8],
@@ -214,38 +221,32 @@ impl Tokenizer {
         pieces: &mut [Piece; WINDOW + 2],
     ) -> (usize, Option<usize>) {
         // At most two pieces (a token and the URL marker) are added per step, and only while
-        // fewer than WINDOW are held or a token is open — which ends before a second one
-        // starts: the array never overflows.
+        // fewer than WINDOW are held: the array never overflows.
         let mut n = 0;
-        let mut start: Option<usize> = None;
-        while i < b.len() {
-            if n >= WINDOW && start.is_none() {
+        let mut blocks = Blocks::new(b, i);
+        while let Some(p) = blocks.next_letter_or_amp(i) {
+            if n >= WINDOW {
                 return (n, Some(i));
             }
-            let c = b[i];
-            if c == b'h' {
-                if let Some(end) = url_end(b, i) {
-                    self.end_token(b, start.take(), i, pieces, &mut n);
+            if blocks.is_amp(p) {
+                i = entity_end(b, p).unwrap_or(p + 1);
+                continue;
+            }
+            match blocks.run_from(p) {
+                Run::Letters(end) => {
+                    self.end_token(b, Some(p), end, pieces, &mut n);
+                    i = end;
+                }
+                Run::Url { at, end } => {
+                    if at > p {
+                        self.end_token(b, Some(p), at, pieces, &mut n);
+                    }
                     pieces[n] = Piece::Url;
                     n += 1;
                     i = end;
-                    continue;
-                }
-            } else if c == b'&' {
-                if let Some(end) = entity_end(b, i) {
-                    self.end_token(b, start.take(), i, pieces, &mut n);
-                    i = end;
-                    continue;
                 }
             }
-            if c.is_ascii_alphabetic() {
-                start.get_or_insert(i);
-            } else {
-                self.end_token(b, start.take(), i, pieces, &mut n);
-            }
-            i += 1;
         }
-        self.end_token(b, start.take(), b.len(), pieces, &mut n);
         (n, None)
     }
 
@@ -566,6 +567,181 @@ struct Probe {
     head: u64,
 }
 
+/// The byte classes of 64 bytes of text, one bit per byte (bit k: byte k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Classes {
+    /// ASCII letters.
+    letters: u64,
+    /// `&`.
+    amps: u64,
+    /// Where `http` starts. Exact in bits 0..[`HTTP_EXACT`] only: the top three would need
+    /// bytes past the block, and are 0.
+    http: u64,
+}
+
+const BLOCK: usize = 64;
+const HTTP_EXACT: usize = BLOCK - 3;
+
+impl Classes {
+    /// Bytes past the end of the text count as 0 (no letter, no `&`, no `h`).
+    fn at(b: &[u8], at: usize) -> Classes {
+        match b.get(at..).and_then(<[u8]>::first_chunk::<BLOCK>) {
+            Some(block) => Self::of(block),
+            None => {
+                let mut block = [0u8; BLOCK];
+                let rest = b.get(at..).unwrap_or_default();
+                block[..rest.len()].copy_from_slice(rest);
+                Self::of(&block)
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn of(block: &[u8; BLOCK]) -> Classes {
+        // SAFETY: SSE2 is part of every x86-64 CPU; the loads read the 64 bytes of `block`.
+        unsafe { Self::of_sse2(block) }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn of(block: &[u8; BLOCK]) -> Classes {
+        Self::of_bytes(block)
+    }
+
+    /// [`Classes::of_bytes`], 16 bytes per instruction.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn of_sse2(block: &[u8; BLOCK]) -> Classes {
+        use std::arch::x86_64::{
+            __m128i, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
+            _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        let (mut letters, mut amps, mut h, mut t, mut p) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for j in 0..BLOCK / 16 {
+            let v = _mm_loadu_si128(block.as_ptr().add(16 * j).cast::<__m128i>());
+            let bits = |m: __m128i| u64::from(_mm_movemask_epi8(m) as u16) << (16 * j);
+            // A letter once lowercased (| 0x20) is in 'a'..='z'; no unsigned byte compare in
+            // SSE2, so shift the range to the bottom of the signed one: + 0x1f maps 'a'..='z'
+            // to -128..=-103, and nothing else there.
+            let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            let shifted = _mm_add_epi8(lower, _mm_set1_epi8(0x1f));
+            letters |= bits(_mm_cmplt_epi8(shifted, _mm_set1_epi8(-102)));
+            amps |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'&' as i8)));
+            h |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'h' as i8)));
+            t |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b't' as i8)));
+            p |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'p' as i8)));
+        }
+        Self::with_http(letters, amps, h, t, p)
+    }
+
+    /// The classes, one byte at a time (the definition; also the code where SSE2 is not).
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    fn of_bytes(block: &[u8; BLOCK]) -> Classes {
+        let (mut letters, mut amps, mut h, mut t, mut p) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for (k, &c) in block.iter().enumerate() {
+            letters |= u64::from(c.is_ascii_alphabetic()) << k;
+            amps |= u64::from(c == b'&') << k;
+            h |= u64::from(c == b'h') << k;
+            t |= u64::from(c == b't') << k;
+            p |= u64::from(c == b'p') << k;
+        }
+        Self::with_http(letters, amps, h, t, p)
+    }
+
+    fn with_http(letters: u64, amps: u64, h: u64, t: u64, p: u64) -> Classes {
+        Classes {
+            letters,
+            amps,
+            http: h & (t >> 1) & (t >> 2) & (p >> 3),
+        }
+    }
+}
+
+/// What a letter run turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Letters up to `end` (exclusive).
+    Letters(usize),
+    /// A URL starts at `at` (the letters before it, if any, are a token) and ends at `end`.
+    Url { at: usize, end: usize },
+}
+
+/// A text seen through the [`Classes`] of one 64-byte block at a time, moved forward as the
+/// scan goes (about twice per tweet).
+struct Blocks<'a> {
+    b: &'a [u8],
+    /// Where the current block starts.
+    at: usize,
+    c: Classes,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(b: &'a [u8], at: usize) -> Self {
+        Blocks {
+            b,
+            at,
+            c: Classes::at(b, at),
+        }
+    }
+
+    fn move_to(&mut self, at: usize) {
+        self.at = at;
+        self.c = Classes::at(self.b, at);
+    }
+
+    /// The first letter or `&` at or after `i`.
+    #[inline]
+    fn next_letter_or_amp(&mut self, mut i: usize) -> Option<usize> {
+        while i < self.b.len() {
+            if i - self.at >= BLOCK {
+                self.move_to(i);
+            }
+            let rel = i - self.at;
+            let m = (self.c.letters | self.c.amps) >> rel;
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i = self.at + BLOCK;
+        }
+        None
+    }
+
+    /// Whether byte `i` (inside the current block) is `&`.
+    #[inline]
+    fn is_amp(&self, i: usize) -> bool {
+        self.c.amps >> (i - self.at) & 1 == 1
+    }
+
+    /// The letter run that starts at `p` (a letter inside the current block): where it ends,
+    /// or where a URL inside it starts.
+    #[inline]
+    fn run_from(&mut self, p: usize) -> Run {
+        let mut s = p;
+        loop {
+            if s - self.at >= HTTP_EXACT {
+                self.move_to(s);
+            }
+            let rel = s - self.at;
+            // Letters from `s` on; past the block's end the shift brings in zeros, read as
+            // "not known to end here".
+            let len = ((!self.c.letters) >> rel).trailing_zeros() as usize;
+            // `http` inside the run: all of it lies below HTTP_EXACT unless the run reaches
+            // the block's end (then the next block looks again from HTTP_EXACT).
+            let below = (rel + len).min(HTTP_EXACT);
+            let mut starts = self.c.http & !((1u64 << rel) - 1) & ((1u64 << below) - 1);
+            while starts != 0 {
+                let at = self.at + starts.trailing_zeros() as usize;
+                if let Some(end) = url_end(self.b, at) {
+                    return Run::Url { at, end };
+                }
+                starts &= starts - 1;
+            }
+            if rel + len < BLOCK {
+                return Run::Letters(s + len);
+            }
+            s = self.at + HTTP_EXACT;
+        }
+    }
+}
+
 /// If `https?://` starts at `i`, the end of the URL (`[!-~]*` after the scheme).
 #[inline]
 fn url_end(b: &[u8], i: usize) -> Option<usize> {
@@ -691,6 +867,133 @@ mod tests {
                 want[..max],
                 "max_len {max}"
             );
+        }
+    }
+
+    /// The definition [`Tokenizer::scan`] must agree with: one byte at a time, each token
+    /// looked up as it ends, stopping at `max_len` ids.
+    fn encode_byte_by_byte(t: &Tokenizer, text: &str) -> Vec<i32> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let token = |start: Option<usize>, end: usize, out: &mut Vec<i32>| {
+            if let Some(start) = start {
+                out.extend(t.lookup(&b[start..end]));
+            }
+        };
+        let (mut i, mut start) = (0, None);
+        while i < b.len() {
+            let c = b[i];
+            if let Some(end) = (c == b'h').then(|| url_end(b, i)).flatten() {
+                token(start.take(), i, &mut out);
+                out.extend(t.url_id);
+                i = end;
+            } else if let Some(end) = (c == b'&').then(|| entity_end(b, i)).flatten() {
+                token(start.take(), i, &mut out);
+                i = end;
+            } else {
+                if c.is_ascii_alphabetic() {
+                    start.get_or_insert(i);
+                } else {
+                    token(start.take(), i, &mut out);
+                }
+                i += 1;
+            }
+        }
+        token(start, b.len(), &mut out);
+        out.truncate(t.max_len);
+        out
+    }
+
+    /// Texts built from pieces that matter to the scan (URL prefixes whole and broken,
+    /// entities whole and broken, letters of every case, digits, separators, non-ASCII), of
+    /// lengths up to several 64-byte blocks, with letter runs longer than a block.
+    fn scan_texts() -> Vec<String> {
+        const PARTS: [&str; 24] = [
+            "fire",
+            "NEWS",
+            "the",
+            "a",
+            "h",
+            "http",
+            "https://t.co/Ab1",
+            "http://x",
+            "htt",
+            "hhttp://y",
+            "httpx",
+            "&amp;",
+            "&#39;",
+            "&",
+            "&amp",
+            "&#;",
+            ";",
+            " ",
+            "  ",
+            "9",
+            "é",
+            "Û_",
+            "xurlx",
+            "qwertyuiopasdfghjklzxcvbnmqwertyuiopasdfghjklzxcvbnmqwertyuiopasdfgh",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..3000)
+            .map(|_| {
+                let parts = (next() % 60) as usize;
+                (0..parts)
+                    .map(|_| PARTS[(next() % PARTS.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scans_as_a_byte_by_byte_reading_does() {
+        for max in [1000, 3, WINDOW + 1] {
+            let t = tok_max(max);
+            for text in scan_texts() {
+                assert_eq!(t.encode(&text), encode_byte_by_byte(&t, &text), "{text:?}");
+                // Every suffix: the text's end, and with it the last block, falls everywhere.
+                for cut in (0..text.len())
+                    .filter(|&c| text.is_char_boundary(c))
+                    .step_by(7)
+                {
+                    let rest = &text[cut..];
+                    assert_eq!(t.encode(rest), encode_byte_by_byte(&t, rest), "{rest:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_classes_are_the_same_however_they_are_computed() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..2000 {
+            let mut block = [0u8; BLOCK];
+            for (k, byte) in block.iter_mut().enumerate() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Half the rounds any byte, half the bytes the classes turn on.
+                *byte = if round % 2 == 0 {
+                    x as u8
+                } else {
+                    b"hHtTpP&a@[`{zZ\0\x80\xff"[(x % 17) as usize]
+                };
+                if round == 0 {
+                    *byte = k as u8 * 4;
+                }
+            }
+            assert_eq!(Classes::of(&block), Classes::of_bytes(&block), "{block:?}");
+        }
+        // Every byte value in every lane.
+        for v in 0..=255u8 {
+            let block = [v; BLOCK];
+            assert_eq!(Classes::of(&block), Classes::of_bytes(&block), "{v}");
         }
     }
 
