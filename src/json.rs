@@ -63,14 +63,20 @@ impl JsonDecoder {
         raw: &[u8],
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a str, DecodeError> {
-        // Check UTF-8 first so that "not UTF-8" is reported as such, not as a JSON error.
-        if let Err(e) = std::str::from_utf8(raw) {
-            return Err(DecodeError::NotUtf8(e.valid_up_to()));
-        }
         scratch.clear();
         scratch.extend_from_slice(raw);
-        let tape = simd_json::to_tape_with_buffers(scratch, &mut self.buffers)
-            .map_err(|e| DecodeError::InvalidJson(describe(raw, &e)))?;
+        // The parser validates UTF-8 over the whole input itself, so an accepted document
+        // needs no second pass over its bytes; a rejected one is checked here, so that "not
+        // UTF-8" is reported as such rather than as a JSON error.
+        let tape = match simd_json::to_tape_with_buffers(scratch, &mut self.buffers) {
+            Ok(tape) => tape,
+            Err(e) => {
+                return Err(match std::str::from_utf8(raw) {
+                    Err(bad) => DecodeError::NotUtf8(bad.valid_up_to()),
+                    Ok(_) => DecodeError::InvalidJson(describe(raw, &e)),
+                })
+            }
+        };
         let nodes = tape.0.as_slice();
         let Some(&Node::Object { len, .. }) = nodes.first() else {
             return Err(DecodeError::NotAnObject);
@@ -173,6 +179,22 @@ mod tests {
     #[test]
     fn names_each_kind_of_bad_input() {
         assert_eq!(decode(b"\xff{}"), Err(DecodeError::NotUtf8(0)));
+        // Invalid UTF-8 wherever it sits: in the value, in a key, in an ignored field's
+        // value, between tokens, cut mid-character at the end.
+        for (raw, at) in [
+            (&b"{\"value\":\"fire \xe9 x\"}"[..], 15),
+            (b"{\"va\xc3\x28lue\":\"x\"}", 4),
+            (b"{\"id\":\"\xed\xa0\x80\",\"value\":\"x\"}", 7),
+            (b"{\"value\":\"x\" \x80}", 13),
+            (b"{\"value\":\"\xf0\x9f\x94", 10),
+        ] {
+            assert_eq!(
+                decode(raw),
+                Err(DecodeError::NotUtf8(at)),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
         assert!(matches!(
             decode(b"{\"value\":"),
             Err(DecodeError::InvalidJson(_))
