@@ -234,12 +234,12 @@ impl Tokenizer {
             }
             match blocks.run_from(p) {
                 Run::Letters(end) => {
-                    self.end_token(b, Some(p), end, pieces, &mut n);
+                    self.end_token(b, p, end, pieces, &mut n);
                     i = end;
                 }
                 Run::Url { at, end } => {
                     if at > p {
-                        self.end_token(b, Some(p), at, pieces, &mut n);
+                        self.end_token(b, p, at, pieces, &mut n);
                     }
                     pieces[n] = Piece::Url;
                     n += 1;
@@ -250,17 +250,16 @@ impl Tokenizer {
         (n, None)
     }
 
-    /// Ends the letter run that started at `start` (if any) at `end`: a piece, unless too short.
+    /// The letter run `b[start..end]` as a piece, unless too short.
     #[inline]
     fn end_token(
         &self,
         b: &[u8],
-        start: Option<usize>,
+        start: usize,
         end: usize,
         pieces: &mut [Piece; WINDOW + 2],
         n: &mut usize,
     ) {
-        let Some(start) = start else { return };
         let Some(find) = self.find(b, start, end) else {
             return;
         };
