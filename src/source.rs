@@ -39,7 +39,9 @@ use rdkafka::ClientContext;
 use crate::json::{DecodeError, JsonDecoder};
 use crate::metrics::Metrics;
 use crate::models::Models;
-use crate::pipeline::{Body, Budget, Chunk, FailureKind, Lane, LaneState, Output, Record};
+use crate::pipeline::{
+    Body, Budget, Chunk, ChunkSizes, FailureKind, Lane, LaneState, Output, Record,
+};
 use crate::shutdown::Shutdown;
 
 /// How the source behaves.
@@ -218,6 +220,7 @@ impl Source {
                 lane_first: None,
                 rewinds: 0,
                 rewound_to: None,
+                last_sizes: ChunkSizes::default(),
                 txn_started: Instant::now(),
             };
             let spawned = std::thread::Builder::new()
@@ -460,6 +463,8 @@ struct PartitionThread {
     rewinds: u32,
     rewound_to: Option<i64>,
     txn_started: Instant,
+    /// The sizes of the last chunk handed on: the next one is allocated to hold as much.
+    last_sizes: ChunkSizes,
 }
 
 /// Why a partition thread stopped early.
@@ -514,7 +519,9 @@ impl PartitionThread {
                 continue;
             }
             let c = chunk.get_or_insert_with(|| {
-                Chunk::new(lane.clone(), self.shared.models.current(), self.seq)
+                let mut sizes = self.last_sizes.with_slack();
+                sizes.records = sizes.records.min(cfg.chunk_records);
+                Chunk::with_capacity(lane.clone(), self.shared.models.current(), self.seq, sizes)
             });
             let wait = if c.records.is_empty() {
                 Duration::from_millis(100)
@@ -631,6 +638,7 @@ impl PartitionThread {
             return Ok(());
         };
         let n = chunk.records.len();
+        self.last_sizes = chunk.sizes();
         let lane = chunk.lane.clone();
         if !lane.tracker.track(first, last, n) {
             tracing::warn!(
