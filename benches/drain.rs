@@ -4,7 +4,8 @@
 //! same preloaded topic in one run: the worker with the real model; its pass-through mode
 //! (`--benchmark-passthrough`: no inference, constant score); a bare librdkafka
 //! consume→produce loop (this binary, re-run as a child process: the floor of any Kafka
-//! worker); and the real model with exactly-once at two transaction intervals. It reports
+//! worker); the real model with exactly-once at two transaction intervals; and the bare loop
+//! again with the four headers every worker output carries (the floor for that contract). It reports
 //! tweets/s, each process's own **CPU per tweet** (user + system time from /proc divided by
 //! the tweets), its busiest threads and its peak RSS.
 //!
@@ -29,6 +30,7 @@ mod kafka;
 use kafka::{create_topics, send_waiting, unique, Kafka};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -45,7 +47,7 @@ struct Contender {
     bare: bool,
 }
 
-const CONTENDERS: [Contender; 5] = [
+const CONTENDERS: [Contender; 6] = [
     Contender {
         label: "kafka-infer, real model",
         args: &[],
@@ -80,6 +82,11 @@ const CONTENDERS: [Contender; 5] = [
             "1000",
         ],
         bare: false,
+    },
+    Contender {
+        label: "bare librdkafka consume→produce + the worker's four output headers",
+        args: &["headers"],
+        bare: true,
     },
 ];
 
@@ -137,7 +144,7 @@ fn main() {
             Command::new(std::env::current_exe().expect("own path"))
                 .env(
                     BASELINE_ENV,
-                    format!("{bootstrap} {input} {output} {group}"),
+                    format!("{bootstrap} {input} {output} {group} {}", c.args.join(" ")),
                 )
                 .stdin(Stdio::null())
                 .spawn()
@@ -234,17 +241,37 @@ fn main() {
     if let (Some(real), Some(pass)) = (rate_of(CONTENDERS[0].label), rate_of(CONTENDERS[1].label)) {
         println!("real model / pass-through throughput: {:.2}", real / pass);
     }
+    // CPU per tweet against the floors: the bare loop, and the bare loop with the headers.
+    let cpu_of = |i: usize| {
+        rows.iter()
+            .find(|r| r.0 == CONTENDERS[i].label)
+            .map(|r| r.4)
+    };
+    for (i, name) in [(0, "real model"), (1, "pass-through")] {
+        for (floor, floor_name) in [(2, "bare"), (5, "bare + headers")] {
+            if let (Some(us), Some(base)) = (cpu_of(i), cpu_of(floor)) {
+                println!("{name} / {floor_name} CPU per tweet: {:.2}", us / base);
+            }
+        }
+    }
 }
 
 /// The baseline: what the worker does minus everything of its own — consume each record and
 /// produce a constant `{"value":[0.5]}` with the same key to the same partition of the output
 /// topic (idempotent producer, acks=all), committing consumed offsets every second. No JSON,
 /// no tokenizer, no model, no ordering or delivery tracking. `spec`: "bootstrap input output
-/// group". Runs until SIGTERM.
+/// group [headers]". Runs until SIGTERM.
+///
+/// With `headers`, each output also carries the four headers every worker output carries
+/// (`model-version`, `source-topic`, `source-partition`, `source-offset`, values of the same
+/// lengths): the floor for a worker that keeps that contract. librdkafka allocates each header
+/// and the list holding them per record, and serializes them into every produce request.
 fn bare_passthrough(spec: &str) {
     let parts: Vec<&str> = spec.split_whitespace().collect();
-    let [bootstrap, input, output, group] = parts[..] else {
-        panic!("bad {BASELINE_ENV}: {spec}");
+    let (bootstrap, input, output, group, headers) = match parts[..] {
+        [b, i, o, g] => (b, i, o, g, false),
+        [b, i, o, g, "headers"] => (b, i, o, g, true),
+        _ => panic!("bad {BASELINE_ENV}: {spec}"),
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).expect("signal");
@@ -272,6 +299,29 @@ fn bare_passthrough(spec: &str) {
                 .payload(&payload[..]);
             if let Some(k) = m.key() {
                 rec = rec.key(k);
+            }
+            if headers {
+                let mut p = itoa::Buffer::new();
+                let mut o = itoa::Buffer::new();
+                rec = rec.headers(
+                    OwnedHeaders::new_with_capacity(6)
+                        .insert(Header {
+                            key: "model-version",
+                            value: Some("0123456789ab"),
+                        })
+                        .insert(Header {
+                            key: "source-topic",
+                            value: Some(input),
+                        })
+                        .insert(Header {
+                            key: "source-partition",
+                            value: Some(p.format(m.partition())),
+                        })
+                        .insert(Header {
+                            key: "source-offset",
+                            value: Some(o.format(m.offset())),
+                        }),
+                );
             }
             send_waiting(&producer, rec).expect("produce");
         }
