@@ -221,10 +221,6 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub fn new(lane: Arc<Lane>, model: Arc<LiveModel>, seq: u64) -> Chunk {
-        Chunk::with_capacity(lane, model, seq, ChunkSizes::default())
-    }
-
     /// An empty chunk whose buffers already hold `sizes`. A partition thread passes the sizes
     /// of its previous chunk: buffers grown by doubling from empty cost a chunk of 256 tweets
     /// some 25 reallocations, each copying what was stored so far, and the larger ones make
