@@ -7,9 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ProducerContext,
+};
 use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 /// Keeps the producer's latest statistics.
@@ -107,5 +111,99 @@ fn an_idempotent_producer_does_not_spin_while_its_partition_waits_for_answers() 
         wakeups < 5_000,
         "the broker thread woke {wakeups} times for {sent} records and {requests} produce requests \
          in 1.5 s: it spins while the partition waits for answers (is third_party/patches applied?)"
+    );
+}
+
+/// Keeps a consumer's latest statistics.
+#[derive(Clone, Default)]
+struct ConsumerStats(Arc<Mutex<Option<Statistics>>>);
+
+impl ClientContext for ConsumerStats {
+    fn stats(&self, statistics: Statistics) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(statistics);
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerStats {}
+
+/// Fetch requests sent to broker 1 so far, from the next statistics emitted after this call.
+fn fetch_requests(consumer: &BaseConsumer<ConsumerStats>, stats: &ConsumerStats) -> i64 {
+    if let Ok(mut s) = stats.0.lock() {
+        *s = None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        assert!(
+            consumer.poll(Duration::from_millis(20)).is_none(),
+            "no records expected"
+        );
+        let latest = stats.0.lock().ok().and_then(|s| s.clone());
+        if let Some(st) = latest {
+            if let Some(b) = st.brokers.values().find(|b| b.nodeid == 1) {
+                return b.req.get("Fetch").copied().unwrap_or(0);
+            }
+        }
+    }
+    panic!("no statistics within 10 s");
+}
+
+/// An idle consumer of partition 0 of `topic`, fetching as the worker does with its default
+/// latency budget (up to 64 KiB or 7 ms per fetch), with `fetch.idle.wait.max.ms` = `idle_ms`.
+fn idle_consumer(
+    mock: &MockCluster<'_, DefaultProducerContext>,
+    idle_ms: &str,
+) -> (BaseConsumer<ConsumerStats>, ConsumerStats) {
+    let stats = ConsumerStats::default();
+    let consumer: BaseConsumer<ConsumerStats> = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", format!("idle-{idle_ms}"))
+        .set("fetch.wait.max.ms", "7")
+        .set("fetch.min.bytes", "65536")
+        .set("fetch.idle.wait.max.ms", idle_ms)
+        .set("statistics.interval.ms", "250")
+        .create_with_context(stats.clone())
+        .expect("consumer (is third_party/patches applied? fetch.idle.wait.max.ms is ours)");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("in", 0, Offset::End).expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    (consumer, stats)
+}
+
+/// The condition: a consumer that coalesces fetches (a large `fetch.min.bytes`, a short
+/// `fetch.wait.max.ms`) on a partition where nothing arrives. Each fetch then waits out
+/// `fetch.wait.max.ms` and comes back empty: ~140 round trips a second for a 7 ms wait, the
+/// cost of an idle worker. With `fetch.idle.wait.max.ms` (our patch), a fetch after an empty one
+/// waits for the first byte up to 500 ms instead: two a second. Measured over 2 s, beside the
+/// same consumer with the property off (upstream behaviour), so the test shows both.
+#[test]
+fn an_idle_consumer_that_coalesces_fetches_sends_one_fetch_per_idle_wait() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("in", 1, 1).expect("topic");
+    let mut counts = Vec::new();
+    for idle_ms in ["500", "0"] {
+        let (consumer, stats) = idle_consumer(&mock, idle_ms);
+        // Connected and fetching before the count starts.
+        let start = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < start {
+            assert!(consumer.poll(Duration::from_millis(20)).is_none());
+        }
+        let before = fetch_requests(&consumer, &stats);
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            assert!(consumer.poll(Duration::from_millis(20)).is_none());
+        }
+        counts.push(fetch_requests(&consumer, &stats) - before);
+    }
+    let (idle, upstream) = (counts[0], counts[1]);
+    eprintln!("fetch requests in ~2 s while idle: {idle} with fetch.idle.wait.max.ms=500, {upstream} without");
+    assert!(
+        upstream > 100,
+        "without the idle wait, the 7 ms fetch wait should mean ~140 fetches a second, saw {upstream} in ~2 s"
+    );
+    assert!(
+        idle <= 12,
+        "with fetch.idle.wait.max.ms=500 an idle consumer should fetch about twice a second, saw {idle} in ~2 s"
     );
 }

@@ -126,6 +126,9 @@ struct rd_kafka_broker_s { /* rd_kafka_broker_t */
 
         rd_ts_t rkb_ts_fetch_backoff;
         int rkb_fetching;
+        /* kafka-infer: the last Fetch response carried records
+         * (see fetch.idle.wait.max.ms). */
+        rd_bool_t rkb_fetch_got_data;
 
         rd_kafka_broker_state_t rkb_state; /**< Current broker state */
 

@@ -1460,6 +1460,17 @@ static const struct rd_kafka_property rd_kafka_properties[] = {
      "If fetch.wait.max.ms expires the accumulated data will "
      "be sent to the client regardless of this setting.",
      1, 100000000, 1},
+    {_RK_GLOBAL | _RK_CONSUMER, "fetch.idle.wait.max.ms", _RK_C_INT,
+     _RK(fetch_idle_wait_max_ms),
+     "(kafka-infer patch) When > 0: after a Fetch response that carried no "
+     "records, the next Fetch request to that broker asks for a single byte "
+     "(fetch.min.bytes=1) and lets the broker wait up to this long, instead "
+     "of fetch.min.bytes and fetch.wait.max.ms. A consumer that coalesces "
+     "fetches with a large fetch.min.bytes and a short fetch.wait.max.ms "
+     "then sends one Fetch request per this interval while idle, rather than "
+     "one per fetch.wait.max.ms, and still gets the first record after a "
+     "pause at once. 0: disabled (upstream behaviour).",
+     0, 300 * 1000, 0},
     {_RK_GLOBAL | _RK_CONSUMER | _RK_MED, "fetch.error.backoff.ms", _RK_C_INT,
      _RK(fetch_error_backoff_ms),
      "How long to postpone the next fetch request for a "

@@ -430,6 +430,7 @@ struct rd_kafka_conf_s {
         int fetch_msg_max_bytes;
         int fetch_max_bytes;
         int fetch_min_bytes;
+        int fetch_idle_wait_max_ms; /* kafka-infer */
         int fetch_queue_backoff_ms;
         int fetch_error_backoff_ms;
         rd_kafka_group_protocol_t group_protocol;

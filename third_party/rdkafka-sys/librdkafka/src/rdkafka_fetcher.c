@@ -722,6 +722,10 @@ static rd_kafka_resp_err_t rd_kafka_fetch_reply_handle_partition(
         if (unlikely(hdr.MessageSetSize <= 0))
                 goto done;
 
+        /* kafka-infer: this response carries records
+         * (fetch.idle.wait.max.ms). */
+        rkb->rkb_fetch_got_data = rd_true;
+
         /**
          * Parse MessageSet
          */
@@ -903,6 +907,9 @@ static void rd_kafka_broker_fetch_reply(rd_kafka_t *rk,
 
         rd_kafka_assert(rkb->rkb_rk, rkb->rkb_fetching > 0);
         rkb->rkb_fetching = 0;
+        /* kafka-infer: set again while parsing if any partition carries
+         * records (fetch.idle.wait.max.ms). */
+        rkb->rkb_fetch_got_data = rd_false;
 
         /* Parse and handle the messages (unless the request errored) */
         if (!err && reply)
@@ -977,6 +984,8 @@ int rd_kafka_broker_fetch_toppars(rd_kafka_broker_t *rkb, rd_ts_t now) {
         int PartitionArrayCnt       = 0;
         rd_kafka_topic_t *rkt_last  = NULL;
         int16_t ApiVersion          = 0;
+        int32_t max_wait_ms         = rkb->rkb_rk->rk_conf.fetch_wait_max_ms;
+        int32_t min_bytes           = rkb->rkb_rk->rk_conf.fetch_min_bytes;
 
         /* Create buffer and segments:
          *   1 x ReplicaId MaxWaitTime MinBytes TopicArrayCnt
@@ -1030,10 +1039,21 @@ int rd_kafka_broker_fetch_toppars(rd_kafka_broker_t *rkb, rd_ts_t now) {
                 /* ReplicaId */
                 rd_kafka_buf_write_i32(rkbuf, -1);
 
+        /* kafka-infer: after a response without records, ask for the first
+         * byte and let the broker wait longer (fetch.idle.wait.max.ms): an
+         * idle consumer then sends one request per that interval instead of
+         * one per fetch.wait.max.ms, and the first record after a pause is
+         * answered at once. */
+        if (rkb->rkb_rk->rk_conf.fetch_idle_wait_max_ms > 0 &&
+            !rkb->rkb_fetch_got_data) {
+                max_wait_ms = rkb->rkb_rk->rk_conf.fetch_idle_wait_max_ms;
+                min_bytes   = 1;
+        }
+
         /* MaxWaitTime */
-        rd_kafka_buf_write_i32(rkbuf, rkb->rkb_rk->rk_conf.fetch_wait_max_ms);
+        rd_kafka_buf_write_i32(rkbuf, max_wait_ms);
         /* MinBytes */
-        rd_kafka_buf_write_i32(rkbuf, rkb->rkb_rk->rk_conf.fetch_min_bytes);
+        rd_kafka_buf_write_i32(rkbuf, min_bytes);
 
         if (rd_kafka_buf_ApiVersion(rkbuf) >= 3)
                 /* MaxBytes */
@@ -1197,13 +1217,13 @@ int rd_kafka_broker_fetch_toppars(rd_kafka_broker_t *rkb, rd_ts_t now) {
                                         rkb->rkb_rk->rk_conf.client_rack);
 
         /* Consider Fetch requests blocking if fetch.wait.max.ms >= 1s */
-        if (rkb->rkb_rk->rk_conf.fetch_wait_max_ms >= 1000)
+        if (max_wait_ms >= 1000)
                 rkbuf->rkbuf_flags |= RD_KAFKA_OP_F_BLOCKING;
 
         /* Use configured timeout */
         rd_kafka_buf_set_timeout(rkbuf,
                                  rkb->rkb_rk->rk_conf.socket_timeout_ms +
-                                     rkb->rkb_rk->rk_conf.fetch_wait_max_ms,
+                                     max_wait_ms,
                                  now);
 
         /* Sort toppar versions for quicker lookups in Fetch response. */

@@ -579,13 +579,46 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
 
                         if (mset && partsize < (size_t)PartMaxBytes &&
                             totsize < (size_t)MaxBytes) {
+                                /* kafka-infer: every consecutive message
+                                 * set from the fetch offset that fits
+                                 * PartMaxBytes and MaxBytes, back to back,
+                                 * as a broker returns them (the mock
+                                 * returned one per Fetch: one producer
+                                 * batch per partition per round trip). The
+                                 * first one is returned whatever its
+                                 * size. */
+                                const rd_kafka_mock_msgset_t *m,
+                                    *last      = mset;
+                                size_t len     = RD_KAFKAP_BYTES_LEN(
+                                    &mset->bytes);
+                                while ((m = TAILQ_NEXT(last, link)) &&
+                                       (!on_follower ||
+                                        m->last_offset <
+                                            mpart->follower_end_offset) &&
+                                       len + RD_KAFKAP_BYTES_LEN(&m->bytes) <=
+                                           (size_t)PartMaxBytes &&
+                                       totsize + len +
+                                               RD_KAFKAP_BYTES_LEN(&m->bytes) <=
+                                           (size_t)MaxBytes) {
+                                        len += RD_KAFKAP_BYTES_LEN(&m->bytes);
+                                        last = m;
+                                }
                                 /* Response: Records */
-                                size_t written = rd_kafka_buf_write_kbytes(
-                                    resp, &mset->bytes);
-                                partsize += written;
-                                totsize += written;
-
-                                /* FIXME: Multiple messageSets ? */
+                                if (resp->rkbuf_flags & RD_KAFKA_OP_F_FLEXVER)
+                                        rd_kafka_buf_write_uvarint(
+                                            resp, (uint64_t)len + 1);
+                                else
+                                        rd_kafka_buf_write_i32(resp,
+                                                               (int32_t)len);
+                                for (m = mset;; m = TAILQ_NEXT(m, link)) {
+                                        rd_kafka_buf_write(
+                                            resp, m->bytes.data,
+                                            RD_KAFKAP_BYTES_LEN(&m->bytes));
+                                        if (m == last)
+                                                break;
+                                }
+                                partsize += len;
+                                totsize += len;
                         } else {
                                 /* Empty Response: Records: Null */
                                 rd_kafka_buf_write_arraycnt(resp, 0);
@@ -674,8 +707,14 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
          * This isn't strictly correct since we should cut the wait short
          * and feed newly produced data if a producer writes to the
          * partitions, but that is too much of a hassle here since we
-         * can't block the thread. */
-        if (!totsize && MaxWait > 0)
+         * can't block the thread.
+         * kafka-infer: likewise with less data than MinBytes, as a broker
+         * waits for MinBytes (the data found now is returned after the wait,
+         * what arrives meanwhile in the next response). Without this a
+         * client asking for a large MinBytes got every record at once and
+         * coalesced nothing against the mock cluster. */
+        if ((!totsize || (MinBytes > 0 && totsize < (size_t)MinBytes)) &&
+            MaxWait > 0)
                 resp->rkbuf_ts_retry = rd_clock() + (MaxWait * 1000);
 
         rd_kafka_mock_connection_send_response0(mconn, resp, rd_true);
