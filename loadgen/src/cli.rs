@@ -27,6 +27,14 @@ use clap::Parser;
 /// consumer merely delivers twice, same partition and offset, is skipped, not counted).
 /// Predictions with other keys (earlier runs, probes) are counted as unknown and ignored.
 ///
+/// With --pid, each run also reports what the process under test (the worker) spent on it:
+/// its CPU time (user + system, from /proc) and context switches from the first send to the
+/// last prediction, divided by the tweets sent — in total and per thread role. That is the
+/// worker's cost per tweet at the rate of the run.
+///
+/// --warmup runs first at the first --rate and is left out of the report (as wrk2 does): a
+/// broker that just started, and its JIT, answer slowly for their first seconds.
+///
 /// Results: a table on stdout (or one JSON object with --json), a .hgrm percentile
 /// distribution per run (HdrHistogram text format, values in ms; load it in the HdrHistogram
 /// plotter), and an SVG plot of latency by percentile with one curve per run.
@@ -35,6 +43,7 @@ use clap::Parser;
 /// Examples:
 ///   loadgen --rate 2000 --duration 30s
 ///   loadgen --rate 1000,2000,4000 --duration 10s
+///   loadgen --rate 1000 --duration 20s --pid $(pgrep -x kafka-infer)
 ///   loadgen --find-max --rate 500 --slo-ms 20
 ///   loadgen --rate max --duration 5s --brokers kafka:9092 -X security.protocol=ssl
 #[derive(Parser, Debug, Clone)]
@@ -84,6 +93,18 @@ pub struct Cli {
     /// prediction has not arrived by then counts as lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// Before the measured runs, send at the first --rate for this long and leave it out of
+    /// the report: a freshly started broker (its JVM's JIT) and a worker that just joined
+    /// answer slowly for their first seconds. 0s: no warm-up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Report the CPU time (user + system) and context switches this process (the worker
+    /// under test, on this machine) spent on each run, per tweet, in total and per thread
+    /// role (from /proc; Linux only).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
 
     /// Saturation search: run steps of --step-duration, starting at --rate and multiplying
     /// the rate by 1.5 each step, until a step fails (p99 above --slo-ms, predictions

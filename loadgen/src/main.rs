@@ -8,6 +8,7 @@ mod collector;
 mod error;
 mod kafka;
 mod plot;
+mod proc;
 mod producer;
 mod report;
 mod run;
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         grace: cli.grace,
         timeout: BROKER_TIMEOUT,
         progress: !cli.quiet,
+        measure: cli.pid,
     };
     if !cli.wait_ready.is_zero() {
         let took = runner
@@ -78,6 +80,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!(
                 "loadgen: worker answered a probe after {} ms",
                 took.as_millis()
+            );
+        }
+    }
+
+    if !cli.warmup.is_zero() {
+        let rate = cli.rate.first().copied().unwrap_or(Rate::PerSec(1000.0));
+        let o = runner
+            .run(&format!("{run_id}-warmup"), rate, cli.warmup)
+            .context("warm-up")?;
+        if !cli.quiet {
+            let l = report::Latency::of(&o.latency);
+            eprintln!(
+                "loadgen: warm-up done ({} sent, {} lost, p50 {:.2} ms, p99 {:.2} ms; not reported)",
+                o.sent, o.lost, l.p50, l.p99
             );
         }
     }
@@ -186,6 +202,11 @@ fn validate(cli: &Cli) -> anyhow::Result<()> {
         }
     } else if cli.duration.is_zero() {
         bail!("--duration must be longer than 0s");
+    }
+    if let Some(pid) = cli.pid {
+        proc::Sample::take(pid).with_context(|| {
+            format!("--pid {pid}: cannot read that process's /proc entry (is it running here?)")
+        })?;
     }
     Ok(())
 }

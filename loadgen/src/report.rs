@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cli::Rate;
 use crate::error::{Error, Result};
+use crate::proc::ProcessCost;
 use crate::run::RunOutcome;
 
 /// Histograms hold µs; reports are in ms.
@@ -67,6 +68,9 @@ pub struct RunSummary {
     pub consumer_errors: u64,
     pub max_send_lag_ms: f64,
     pub latency_ms: Latency,
+    /// `--pid`: the process under test's CPU and context switches for this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessCost>,
     pub hgrm: PathBuf,
     /// --find-max only: whether the step met the objective, and if not, why.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +103,7 @@ impl RunSummary {
             consumer_errors: o.consumer_errors,
             max_send_lag_ms: o.max_send_lag.as_secs_f64() * 1e3,
             latency_ms: Latency::of(&o.latency),
+            process: o.cost.clone(),
             hgrm: hgrm.to_path_buf(),
             passed: failures.as_ref().map(Vec::is_empty),
             failures: failures.unwrap_or_default(),
@@ -166,6 +171,11 @@ pub fn write_table(w: &mut impl Write, r: &Report) -> io::Result<()> {
         )?;
     }
     for s in &r.runs {
+        if let Some(c) = &s.process {
+            write_cost(w, &s.run_id, c)?;
+        }
+    }
+    for s in &r.runs {
         let mut notes = Vec::new();
         let mut note = |n: u64, what: &str| {
             if n > 0 {
@@ -215,6 +225,28 @@ pub fn write_table(w: &mut impl Write, r: &Report) -> io::Result<()> {
     }
     if let Some(p) = &r.plot {
         writeln!(w, "plot: {}", p.display())?;
+    }
+    Ok(())
+}
+
+/// `--pid`'s table: the process under test's cost per tweet, in total and per thread role.
+fn write_cost(w: &mut impl Write, run_id: &str, c: &ProcessCost) -> io::Result<()> {
+    writeln!(
+        w,
+        "process {} during {run_id}: CPU {:.2} s = {:.1} µs/tweet; wake-ups {:.2}/tweet, preemptions {:.2}/tweet",
+        c.pid, c.cpu_s, c.cpu_us_per_tweet, c.wakeups_per_tweet, c.preemptions_per_tweet
+    )?;
+    writeln!(
+        w,
+        "  {:<18} {:>7} {:>10} {:>12} {:>13}",
+        "thread role", "threads", "CPU s", "µs/tweet", "wake-ups/tweet"
+    )?;
+    for r in &c.roles {
+        writeln!(
+            w,
+            "  {:<18} {:>7} {:>10.2} {:>12.1} {:>13.2}",
+            r.role, r.threads, r.cpu_s, r.cpu_us_per_tweet, r.wakeups_per_tweet
+        )?;
     }
     Ok(())
 }

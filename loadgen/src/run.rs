@@ -12,6 +12,7 @@ use crate::cli::Rate;
 use crate::collector::{CollectStats, Collector};
 use crate::error::{Error, Result};
 use crate::kafka::Connection;
+use crate::proc::{ProcessCost, Sample};
 use crate::producer::{SendStats, Sender};
 use crate::schedule::{Clock, Schedule};
 use crate::track::{lock, new_histogram, KeyCodec, Snapshot, Tracker};
@@ -33,6 +34,8 @@ pub struct Runner<'a> {
     pub timeout: Duration,
     /// Print status lines on stderr.
     pub progress: bool,
+    /// `--pid`: the process under test, whose CPU time and context switches each run reports.
+    pub measure: Option<u32>,
 }
 
 /// The result of one run. Counts are of ids; latencies in µs.
@@ -70,6 +73,8 @@ pub struct RunOutcome {
     pub max_send_lag: Duration,
     /// End-to-end latencies (µs), from intended send time to arrival.
     pub latency: Histogram<u64>,
+    /// `--pid`: what the process under test spent from the first send to the end of the run.
+    pub cost: Option<ProcessCost>,
 }
 
 impl Default for RunOutcome {
@@ -93,6 +98,7 @@ impl Default for RunOutcome {
             consumer_errors: 0,
             max_send_lag: Duration::ZERO,
             latency: new_histogram(),
+            cost: None,
         }
     }
 }
@@ -175,6 +181,7 @@ impl Runner<'_> {
             );
         }
 
+        let measured_from = self.measure.map(Sample::take).transpose()?;
         let t0 = Instant::now();
         let hard_stop = t0 + duration + self.grace;
         let (sent, collected) = std::thread::scope(|s| {
@@ -204,6 +211,17 @@ impl Runner<'_> {
         let tracker = tracker
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Every prediction is in (or the grace period is over): what the process spent since
+        // the first send is what this run's tweets cost it.
+        let cost = match (self.measure, measured_from) {
+            (Some(pid), Some(from)) => {
+                let to = Sample::take(pid).map_err(|e| {
+                    Error::Broker(format!("the process under test (--pid {pid}) is gone: {e}"))
+                })?;
+                Some(from.cost_until(&to, pid, tracker.sent()))
+            }
+            _ => None,
+        };
         let send_window = sent.last_send.duration_since(t0).max(duration);
         let predict_window = tracker
             .last_arrival_us()
@@ -233,6 +251,7 @@ impl Runner<'_> {
             consumer_errors: collected.errors,
             max_send_lag: sent.max_lag,
             latency: tracker.latency().clone(),
+            cost,
         })
     }
 

@@ -33,6 +33,10 @@ impl Worker {
         Worker { child, log }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -114,8 +118,10 @@ fn every_tweet_comes_back_once_and_latency_files_are_written() {
             &output,
         ])
         .args(["--rate", "300", "--duration", "3s", "--grace", "10s"])
-        // The worker joins its group while loadgen probes; allow a slow start.
+        // The worker joins its group while loadgen probes; allow a slow start. A 1 s warm-up,
+        // left out of the report; the worker's own CPU per tweet (--pid).
         .args(["--wait-ready", "60s", "--json", "--run-id", "itest"])
+        .args(["--warmup", "1s", "--pid", &worker.pid().to_string()])
         .arg("--hgrm")
         .arg(&hgrm)
         .arg("--plot")
@@ -157,6 +163,28 @@ fn every_tweet_comes_back_once_and_latency_files_are_written() {
         context()
     );
     assert!(r["latency_ms"]["max"].as_f64().unwrap_or(0.0) > 0.0);
+    // The worker's cost of this run: its CPU time per tweet, in total and per thread role (the
+    // partition threads decode every tweet, the inference threads score them).
+    let p = &r["process"];
+    assert_eq!(
+        p["pid"].as_u64(),
+        Some(u64::from(worker.pid())),
+        "{}",
+        context()
+    );
+    let cpu = p["cpu_us_per_tweet"].as_f64().unwrap_or(0.0);
+    assert!(cpu > 0.0, "CPU per tweet {cpu}\n{}", context());
+    let roles: Vec<&str> = p["roles"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["role"].as_str()).collect())
+        .unwrap_or_default();
+    for role in ["partition", "inference", "rdk:broker"] {
+        assert!(
+            roles.contains(&role),
+            "no {role} threads in {roles:?}\n{}",
+            context()
+        );
+    }
 
     let hgrm_text = std::fs::read_to_string(&hgrm).expect("the .hgrm file was written");
     assert!(hgrm_text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
