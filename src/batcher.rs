@@ -1,23 +1,30 @@
-//! Micro-batching: group tweets from the source channel into batches for one inference each.
+//! Micro-batching: the inference threads pull chunks from the source channel and gather them
+//! into batches themselves — there is no batcher thread to hand batches over.
 //!
-//! The batcher moves whole chunks (the records a partition thread read in one go), never single
-//! records. A batch closes when it holds `max_batch` records, when its padded size (`len × longest`)
-//! reaches the token budget, or `max_wait` after its *first* tweet arrived — whichever comes
-//! first. It also closes early when nothing more is queued and an inference thread is idle:
-//! waiting could only add latency then. So batches adapt to load: while every inference thread
-//! is busy, tweets accumulate and batches grow (throughput); when traffic is light, each tweet
-//! is scored as soon as it arrives (latency). The decision is the pure function [`decide`].
+//! Batches move whole chunks (the records a partition thread read in one go), never single
+//! records. Queued chunks join at once; a batch closes when it holds `max_batch` records,
+//! before its padded size (`len × longest`) would pass the token budget, or `max_wait` after
+//! its first chunk — and, when nothing more is queued, `gather` after its first chunk (a share
+//! of the latency budget, [`crate::budget`]: the chunks one fetch brought for several
+//! partitions arrive within a fraction of a millisecond of each other; waiting longer would
+//! only wait for the next fetch). So batches adapt to load: at moderate rates a batch collects
+//! what arrived together; when tweets queue faster than they are scored, batches fill by size. The decision is the pure function [`decide`]; admission the
+//! pure [`fits`], checked before a chunk joins (as text-embeddings-inference checks its token
+//! budget before an entry joins a batch).
 //!
-//! That early close has a price at moderate rates: a batch of one or two tweets pays a model run,
-//! a hand-over to an inference thread and a produce call of its own. `min_wait` lets a batch
-//! gather for that long before an idle thread takes it — fewer, larger batches, less CPU per
-//! tweet, for at most `min_wait` of added latency (README, "Cost per tweet at moderate rates").
+//! **One gatherer at a time, and no hand-off while idle.** Idle threads pull (as the workers of
+//! text-embeddings-inference's queue do), but only one of them — the *gatherer* — receives from
+//! the channel at a time, so the chunks of one burst land in one batch instead of being split
+//! between threads. The gatherer keeps the role while it scores its batch, unless work is
+//! already queued when the batch closes: only then does it wake a waiting thread to gather the
+//! next batch in parallel. At moderate rates one thread takes every batch and no other thread
+//! is woken: each wake-up of a thread costs tens of microseconds of CPU on a virtual machine,
+//! more than scoring a small batch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::metrics::{Metrics, Stage};
 use crate::pipeline::{Batch, Chunk};
@@ -26,69 +33,61 @@ use crate::pipeline::{Batch, Chunk};
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     pub max_batch: usize,
+    /// A batch closes at the latest this long after its first chunk.
     pub max_wait: Duration,
-    /// How long a batch gathers before an idle inference thread may take it (zero: at once).
-    pub min_wait: Duration,
+    /// With nothing queued, a batch waits this long after its first chunk for the rest of its
+    /// burst (zero: it closes at once).
+    pub gather: Duration,
     /// Budget in padded tokens (`len × longest`), bounding one inference's tensor size.
     pub max_tokens: usize,
 }
 
-/// What the batcher should do next.
+/// What the gatherer should do next, with the chunks it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Nothing buffered: block until a tweet arrives.
-    Idle,
-    /// Keep collecting until this instant.
+    /// More is queued: take the next chunk.
+    Take,
+    /// Nothing is queued: wait for a chunk until this instant.
     WaitUntil(Instant),
-    /// Close the batch and run it now.
+    /// Close the batch and score it now.
     Flush,
 }
 
-/// What the batcher sees besides its own batch.
+/// A batch being gathered, as [`decide`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pressure {
-    /// No tweet is waiting in the source channel right now.
-    pub queue_empty: bool,
-    /// At least one inference thread is waiting for a batch.
-    pub inference_idle: bool,
+pub struct Gathered {
+    /// Records so far, and the longest tweet's length in ids.
+    pub len: usize,
+    pub longest: usize,
+    /// When its first chunk arrived.
+    pub opened: Instant,
 }
 
-/// The flush decision for a batch of `len` tweets whose longest has `longest` ids, opened at
-/// `opened` (arrival of its first tweet).
-pub fn decide(
-    policy: &BatchPolicy,
-    len: usize,
-    longest: usize,
-    opened: Option<Instant>,
-    pressure: Pressure,
-    now: Instant,
-) -> Decision {
-    let Some(opened) = opened.filter(|_| len > 0) else {
-        return Decision::Idle;
-    };
-    if len >= policy.max_batch || len * longest.max(1) >= policy.max_tokens {
+/// The decision for a batch `g` (non-empty), given whether more chunks are queued. Queued
+/// chunks are taken at once; with nothing queued, the batch waits until `gather` after its first
+/// chunk for the rest of the burst, then closes.
+pub fn decide(policy: &BatchPolicy, g: &Gathered, queued: bool, now: Instant) -> Decision {
+    if g.len >= policy.max_batch || g.len * g.longest.max(1) >= policy.max_tokens {
         return Decision::Flush;
     }
-    let deadline = opened + policy.max_wait;
+    let deadline = g.opened + policy.max_wait;
     if now >= deadline {
         return Decision::Flush;
     }
-    if pressure.queue_empty && pressure.inference_idle {
-        let gathered = opened + policy.min_wait;
-        return if now >= gathered {
-            Decision::Flush
-        } else {
-            Decision::WaitUntil(gathered.min(deadline))
-        };
+    if queued {
+        return Decision::Take;
     }
-    Decision::WaitUntil(deadline)
+    let gathered = (g.opened + policy.gather).min(deadline);
+    if now >= gathered {
+        Decision::Flush
+    } else {
+        Decision::WaitUntil(gathered)
+    }
 }
 
 /// Whether a chunk of `records` records whose longest tweet has `longest` ids can join a batch
 /// that already holds `len` records with longest `batch_longest`, within the policy's size and
-/// padded-token budget. Checked *before* a chunk joins (as text-embeddings-inference checks its
-/// token budget before an entry joins a batch), so no batch exceeds the budget because of its
-/// last arrival. An empty batch takes any chunk.
+/// padded-token budget. An empty batch takes any chunk.
 pub fn fits(
     policy: &BatchPolicy,
     len: usize,
@@ -101,89 +100,169 @@ pub fn fits(
         || (n <= policy.max_batch && n * batch_longest.max(longest).max(1) <= policy.max_tokens)
 }
 
-/// Runs until the source channel is closed and drained; then flushes what is left and returns,
-/// which closes `out` and lets the inference threads finish. `idle_threads` counts inference
-/// threads waiting for a batch. The batcher moves whole chunks, never single records, so it
-/// stays cheap however many records flow through it.
-pub fn run(
+/// The receiving side of the source channel, shared by the inference threads.
+pub struct BatchQueue {
     rx: Receiver<Chunk>,
-    out: Sender<Batch>,
     policy: BatchPolicy,
-    idle_threads: &AtomicUsize,
-    metrics: &Metrics,
-) {
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut len = 0usize;
-    let mut longest = 0usize;
-    let mut opened: Option<Instant> = None;
-    // A chunk that did not fit the open batch: it opens the next one.
-    let mut carry: Option<Chunk> = None;
-    let mut closed = false;
-    loop {
-        let now = Instant::now();
-        let pressure = Pressure {
-            queue_empty: rx.is_empty() && carry.is_none(),
-            // A closed batch already waiting in `out` will take the next idle thread.
-            inference_idle: out.is_empty() && idle_threads.load(Ordering::Acquire) > 0,
-        };
-        let decision = if (closed || carry.is_some()) && !chunks.is_empty() {
-            Decision::Flush
-        } else {
-            decide(&policy, len, longest, opened, pressure, now)
-        };
-        let received = match decision {
-            Decision::Flush => {
-                if let Some(o) = opened {
-                    metrics.record(Stage::BatchWait, now.saturating_duration_since(o));
-                }
-                metrics.record_batch_size(len);
-                let batch = Batch {
-                    chunks: std::mem::take(&mut chunks),
-                    records: len,
-                    longest,
-                };
-                (len, longest, opened) = (0, 0, None);
-                // Bounded: blocks while every inference thread is busy and one batch is queued
-                // (prefetch-one), which backs up into the source channel and the partitions.
-                if out.send(batch).is_err() {
-                    return;
-                }
-                if let Some(c) = carry.take() {
-                    (len, longest, opened) = (c.records.len(), c.longest, Some(now));
-                    chunks.push(c);
-                }
-                continue;
-            }
-            _ if closed => return,
-            Decision::Idle => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Decision::WaitUntil(deadline) => rx.recv_deadline(deadline),
-        };
-        match received {
-            Ok(chunk) => {
-                let now = Instant::now();
-                metrics.record(
-                    Stage::ChannelWait,
-                    now.saturating_duration_since(chunk.consumed_at),
-                );
-                let records = chunk.records.len();
-                // A batch is scored by one model: a chunk tokenized by another (a reload
-                // happened in between) starts the next batch.
-                let same_model = chunks
-                    .first()
-                    .is_none_or(|c| Arc::ptr_eq(&c.model, &chunk.model));
-                if !same_model || !fits(&policy, len, longest, records, chunk.longest) {
-                    carry = Some(chunk);
-                    continue;
-                }
-                opened.get_or_insert(now);
-                len += records;
-                longest = longest.max(chunk.longest);
-                chunks.push(chunk);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => closed = true,
+    state: Mutex<Role>,
+    turn: Condvar,
+}
+
+/// Who gathers, and what the gatherer carries between batches.
+#[derive(Default)]
+struct Role {
+    /// A thread holds the gatherer role.
+    taken: bool,
+    /// Threads waiting for the role.
+    waiting: usize,
+    /// The channel is closed and drained: every thread ends.
+    closed: bool,
+    /// A chunk that did not fit the last batch: it opens the next one.
+    carry: Option<Chunk>,
+}
+
+/// A thread's place with respect to the gatherer role (kept between calls to
+/// [`BatchQueue::next`]).
+#[derive(Debug, Default)]
+pub struct Turn {
+    holding: bool,
+}
+
+impl BatchQueue {
+    pub fn new(rx: Receiver<Chunk>, policy: BatchPolicy) -> BatchQueue {
+        BatchQueue {
+            rx,
+            policy,
+            state: Mutex::new(Role::default()),
+            turn: Condvar::new(),
         }
     }
+
+    /// Threads waiting for the gatherer role (for tests).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Role> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next batch for the calling thread to score; `None` once the channel is closed and
+    /// everything in it was handed out (the thread should end). Blocks while another thread
+    /// gathers, then while nothing arrives.
+    pub fn next(&self, turn: &mut Turn, metrics: &Metrics) -> Option<Batch> {
+        let carry = {
+            let mut role = self.lock();
+            if !turn.holding {
+                while role.taken && !role.closed {
+                    role.waiting += 1;
+                    role = self.turn.wait(role).unwrap_or_else(|e| e.into_inner());
+                    role.waiting -= 1;
+                }
+                if role.closed {
+                    return None;
+                }
+                role.taken = true;
+                turn.holding = true;
+            }
+            role.carry.take()
+        };
+        let (batch, carry) = self.gather(carry, metrics);
+        let mut role = self.lock();
+        role.carry = carry;
+        let backlog = role.carry.is_some() || !self.rx.is_empty();
+        if batch.is_none() {
+            role.closed = true;
+        }
+        // Hand the role on only when there is already work for another thread (or when ending).
+        if batch.is_none() || (backlog && role.waiting > 0) {
+            role.taken = false;
+            turn.holding = false;
+            if batch.is_none() {
+                self.turn.notify_all();
+            } else {
+                self.turn.notify_one();
+            }
+        }
+        batch
+    }
+
+    /// Gathers one batch, starting with `carry` if any: blocks for the first chunk, then takes
+    /// or waits per [`decide`]. Returns the batch (`None`: closed and nothing left) and a chunk
+    /// that did not fit it.
+    fn gather(&self, carry: Option<Chunk>, metrics: &Metrics) -> (Option<Batch>, Option<Chunk>) {
+        let first = match carry {
+            Some(c) => c,
+            None => match self.rx.recv() {
+                Ok(c) => {
+                    record_channel_wait(&c, metrics);
+                    c
+                }
+                Err(_) => return (None, None),
+            },
+        };
+        let mut g = Gathered {
+            len: first.records.len(),
+            longest: first.longest,
+            opened: Instant::now(),
+        };
+        let mut chunks = vec![first];
+        let mut carry = None;
+        loop {
+            let now = Instant::now();
+            let next = match decide(&self.policy, &g, !self.rx.is_empty(), now) {
+                Decision::Flush => break,
+                Decision::Take => match self.rx.try_recv() {
+                    Ok(c) => c,
+                    // Taken meanwhile by nobody else (only the gatherer receives): decide again.
+                    Err(TryRecvError::Empty) => continue,
+                    Err(TryRecvError::Disconnected) => break,
+                },
+                // Sleep rather than wait on the channel: a chunk sent meanwhile then costs its
+                // partition thread no wake-up call and this thread no wake-up; it is swept up
+                // after the sleep with whatever else arrived.
+                Decision::WaitUntil(t) => {
+                    std::thread::sleep(t.saturating_duration_since(now));
+                    continue;
+                }
+            };
+            record_channel_wait(&next, metrics);
+            // A batch is scored by one model: a chunk tokenized by another (a reload happened
+            // in between) starts the next batch, as does one that does not fit.
+            let same_model = std::sync::Arc::ptr_eq(&chunks[0].model, &next.model);
+            if !same_model
+                || !fits(
+                    &self.policy,
+                    g.len,
+                    g.longest,
+                    next.records.len(),
+                    next.longest,
+                )
+            {
+                carry = Some(next);
+                break;
+            }
+            g.len += next.records.len();
+            g.longest = g.longest.max(next.longest);
+            chunks.push(next);
+        }
+        metrics.record(Stage::BatchWait, g.opened.elapsed());
+        metrics.record_batch_size(g.len);
+        let batch = Batch {
+            chunks,
+            records: g.len,
+            longest: g.longest,
+        };
+        (Some(batch), carry)
+    }
+}
+
+fn record_channel_wait(chunk: &Chunk, metrics: &Metrics) {
+    metrics.record(
+        Stage::ChannelWait,
+        Instant::now().saturating_duration_since(chunk.consumed_at),
+    );
 }
 
 #[cfg(test)]
@@ -193,114 +272,187 @@ mod tests {
     const P: BatchPolicy = BatchPolicy {
         max_batch: 4,
         max_wait: Duration::from_millis(5),
-        min_wait: Duration::ZERO,
+        gather: Duration::from_millis(1),
         max_tokens: 100,
     };
-    /// Busy: more tweets queued, or no inference thread free.
-    const BUSY: Pressure = Pressure {
-        queue_empty: false,
-        inference_idle: false,
-    };
-    /// Light traffic: nothing queued and an inference thread waiting.
-    const IDLE: Pressure = Pressure {
-        queue_empty: true,
-        inference_idle: true,
-    };
 
-    #[test]
-    fn an_empty_batch_waits_for_the_first_tweet() {
-        let now = Instant::now();
-        assert_eq!(decide(&P, 0, 0, None, BUSY, now), Decision::Idle);
-        assert_eq!(decide(&P, 0, 0, Some(now), BUSY, now), Decision::Idle);
+    fn batch(len: usize, longest: usize, opened: Instant) -> Gathered {
+        Gathered {
+            len,
+            longest,
+            opened,
+        }
     }
 
     #[test]
-    fn a_partial_batch_waits_until_max_wait_after_its_first_tweet() {
+    fn a_full_batch_flushes_at_once_queued_or_not() {
         let t0 = Instant::now();
-        let at = t0 + Duration::from_millis(2);
-        assert_eq!(
-            decide(&P, 1, 9, Some(t0), BUSY, at),
-            Decision::WaitUntil(t0 + P.max_wait)
-        );
-        assert_eq!(
-            decide(&P, 1, 9, Some(t0), BUSY, t0 + P.max_wait),
-            Decision::Flush
-        );
-    }
-
-    #[test]
-    fn a_full_batch_flushes_at_once() {
-        let t0 = Instant::now();
-        assert_eq!(decide(&P, 4, 1, Some(t0), BUSY, t0), Decision::Flush);
+        for queued in [true, false] {
+            assert_eq!(decide(&P, &batch(4, 1, t0), queued, t0), Decision::Flush);
+        }
     }
 
     #[test]
     fn the_padded_token_budget_closes_a_batch_of_long_tweets_early() {
         let t0 = Instant::now();
-        assert_eq!(decide(&P, 2, 50, Some(t0), BUSY, t0), Decision::Flush);
+        assert_eq!(decide(&P, &batch(2, 50, t0), true, t0), Decision::Flush);
+        assert_eq!(decide(&P, &batch(2, 49, t0), true, t0), Decision::Take);
+    }
+
+    #[test]
+    fn queued_chunks_are_taken_until_max_wait() {
+        let t0 = Instant::now();
+        let g = batch(1, 9, t0);
         assert_eq!(
-            decide(&P, 2, 49, Some(t0), BUSY, t0),
+            decide(&P, &g, true, t0 + Duration::from_millis(4)),
+            Decision::Take
+        );
+        assert_eq!(decide(&P, &g, true, t0 + P.max_wait), Decision::Flush);
+    }
+
+    #[test]
+    fn with_nothing_queued_a_batch_gathers_until_gather_after_its_first_chunk() {
+        let t0 = Instant::now();
+        let g = batch(2, 9, t0);
+        let gathered = t0 + P.gather;
+        assert_eq!(decide(&P, &g, false, t0), Decision::WaitUntil(gathered));
+        assert_eq!(
+            decide(&P, &g, false, t0 + Duration::from_micros(300)),
+            Decision::WaitUntil(gathered)
+        );
+        assert_eq!(decide(&P, &g, false, gathered), Decision::Flush);
+        // A gather window past max_wait is max_wait.
+        let long = BatchPolicy {
+            gather: Duration::from_millis(50),
+            ..P
+        };
+        assert_eq!(
+            decide(&long, &g, false, t0),
             Decision::WaitUntil(t0 + P.max_wait)
         );
     }
 
     #[test]
-    fn light_traffic_flushes_at_once_when_nothing_is_queued_and_a_thread_is_idle() {
+    fn without_a_gather_window_an_idle_batch_closes_at_once() {
+        let p = BatchPolicy {
+            gather: Duration::ZERO,
+            ..P
+        };
         let t0 = Instant::now();
-        assert_eq!(decide(&P, 1, 9, Some(t0), IDLE, t0), Decision::Flush);
+        assert_eq!(decide(&p, &batch(1, 9, t0), false, t0), Decision::Flush);
+        assert_eq!(decide(&p, &batch(1, 9, t0), true, t0), Decision::Take);
     }
 
-    #[test]
-    fn under_load_a_batch_keeps_growing_while_tweets_queue_or_threads_are_busy() {
-        let t0 = Instant::now();
-        let queued = Pressure {
-            queue_empty: false,
-            inference_idle: true,
-        };
-        let busy = Pressure {
-            queue_empty: true,
-            inference_idle: false,
-        };
-        for p in [queued, busy] {
-            assert_eq!(
-                decide(&P, 1, 9, Some(t0), p, t0),
-                Decision::WaitUntil(t0 + P.max_wait)
+    use std::sync::Arc;
+
+    use crate::model_files::ModelFiles;
+    use crate::models::LiveModel;
+    use crate::pipeline::{Body, Lane, Record};
+
+    fn model() -> Arc<LiveModel> {
+        Arc::new(LiveModel::load(&ModelFiles::builtin(), true).expect("pass-through model"))
+    }
+
+    /// A chunk of `records` tweets of `longest` ids each.
+    fn chunk(model: &Arc<LiveModel>, seq: u64, records: usize, longest: usize) -> Chunk {
+        let lane = Arc::new(Lane::new("t".into(), 0, Some(0)));
+        let mut c = Chunk::with_capacity(lane, model.clone(), seq, Default::default());
+        for i in 0..records {
+            let start = c.ids.len();
+            c.ids.extend(std::iter::repeat_n(5, longest));
+            let body = c.tweet_from(start);
+            c.records.push(Record {
+                offset: (seq * 100 + i as u64) as i64,
+                timestamp: None,
+                key: None,
+                value: None,
+                body,
+            });
+        }
+        assert!(matches!(c.records[0].body, Body::Tweet { .. }));
+        c
+    }
+
+    fn sizes(b: &Batch) -> Vec<usize> {
+        b.chunks.iter().map(|c| c.records.len()).collect()
+    }
+
+    /// Waits (boundedly) until `n` threads wait for the gatherer role.
+    fn until_waiting(q: &BatchQueue, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.waiting() != n {
+            assert!(
+                Instant::now() < deadline,
+                "{} threads waiting, not {n}",
+                q.waiting()
             );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     #[test]
-    fn with_a_min_wait_an_idle_thread_gets_the_batch_only_once_it_has_gathered() {
-        let p = BatchPolicy {
-            min_wait: Duration::from_millis(2),
-            ..P
+    fn queued_chunks_form_one_batch_and_one_that_does_not_fit_opens_the_next() {
+        let (m, metrics) = (model(), Metrics::new("test"));
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let q = BatchQueue::new(rx, P);
+        for (seq, n) in [(0, 1), (1, 2), (2, 3)] {
+            tx.send(chunk(&m, seq, n, 2)).expect("room");
+        }
+        drop(tx);
+        let mut turn = Turn::default();
+        let first = q.next(&mut turn, &metrics).expect("a batch");
+        assert_eq!(
+            sizes(&first),
+            [1, 2],
+            "1 + 2 fit max_batch 4; 3 more would not"
+        );
+        let second = q.next(&mut turn, &metrics).expect("the carried chunk");
+        assert_eq!(sizes(&second), [3]);
+        assert!(q.next(&mut turn, &metrics).is_none(), "closed and drained");
+    }
+
+    #[test]
+    fn the_gatherer_keeps_its_role_while_idle_and_hands_it_on_only_with_a_backlog() {
+        let (m, metrics) = (model(), Arc::new(Metrics::new("test")));
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let q = Arc::new(BatchQueue::new(rx, P));
+        let mut a = Turn::default();
+        // A takes the role with a first batch.
+        tx.send(chunk(&m, 0, 1, 2)).expect("room");
+        assert_eq!(sizes(&q.next(&mut a, &metrics).expect("batch")), [1]);
+        // B asks for work and waits: A holds the role.
+        let b = {
+            let (q, metrics) = (q.clone(), metrics.clone());
+            std::thread::spawn(move || {
+                let mut turn = Turn::default();
+                let mut got = Vec::new();
+                while let Some(batch) = q.next(&mut turn, &metrics) {
+                    got.push(sizes(&batch));
+                }
+                got
+            })
         };
-        let t0 = Instant::now();
-        let gathered = t0 + p.min_wait;
+        until_waiting(&q, 1);
+        // No backlog when A's next batch closes: A keeps the role and B is not woken.
+        tx.send(chunk(&m, 1, 2, 2)).expect("room");
+        assert_eq!(sizes(&q.next(&mut a, &metrics).expect("batch")), [2]);
+        assert_eq!(q.waiting(), 1, "B must still be waiting");
+        // A backlog when A's batch closes (4 fill it, 3 more queued): B gathers the next one.
+        for seq in 2..9 {
+            tx.send(chunk(&m, seq, 1, 2)).expect("room");
+        }
         assert_eq!(
-            decide(&p, 1, 9, Some(t0), IDLE, t0),
-            Decision::WaitUntil(gathered)
+            sizes(&q.next(&mut a, &metrics).expect("batch")),
+            [1, 1, 1, 1]
         );
-        assert_eq!(decide(&p, 1, 9, Some(t0), IDLE, gathered), Decision::Flush);
-        // Size and budget still close it at once; while busy, max_wait still applies.
-        assert_eq!(decide(&p, 4, 1, Some(t0), IDLE, t0), Decision::Flush);
-        assert_eq!(
-            decide(&p, 1, 9, Some(t0), BUSY, gathered),
-            Decision::WaitUntil(t0 + p.max_wait)
+        // B woke and took the role (it stops waiting only to take it).
+        until_waiting(&q, 0);
+        drop(tx);
+        assert!(
+            q.next(&mut a, &metrics).is_none(),
+            "B took the rest; then closed"
         );
-        // A min_wait past max_wait is max_wait.
-        let long = BatchPolicy {
-            min_wait: Duration::from_millis(50),
-            ..P
-        };
-        assert_eq!(
-            decide(&long, 1, 9, Some(t0), IDLE, t0),
-            Decision::WaitUntil(t0 + long.max_wait)
-        );
-        assert_eq!(
-            decide(&long, 1, 9, Some(t0), IDLE, t0 + long.max_wait),
-            Decision::Flush
-        );
+        assert_eq!(b.join().expect("B"), vec![vec![1, 1, 1]]);
     }
 
     #[test]

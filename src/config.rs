@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::batcher::BatchPolicy;
+use crate::budget::{LatencyBudget, DEFAULT_LATENCY_BUDGET_MS};
 use crate::sink::Guarantee;
 use crate::worker::WorkerConfig;
 
@@ -105,15 +106,19 @@ pub struct PipelineArgs {
     /// Close a batch at this many records.
     #[arg(long, env = "KAFKA_INFER_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_batch: u32,
-    /// Close a batch this long after its first tweet arrived, even if not full (it also closes
-    /// at once when nothing more is queued and an inference thread is idle).
+    /// The latency the worker may spend coalescing work, in ms: the one knob between latency
+    /// and CPU per tweet at moderate rates. It is split between the consumer's fetch wait (70 %:
+    /// the broker holds a fetch until 64 KiB are there or this long), the producer's linger
+    /// (10 %) and the batch's wait for chunks of the same burst (5 %). At high rates every
+    /// stage fills by size long before its time is up, so only moderate and low rates pay it.
+    /// 0: latency first (a fetch, a batch and a produce request as soon as anything is there).
+    /// librdkafka settings given with -X take precedence.
+    #[arg(long, env = "KAFKA_INFER_LATENCY_BUDGET_MS", default_value_t = DEFAULT_LATENCY_BUDGET_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub latency_budget_ms: u64,
+    /// Under load, close a batch at the latest this long after its first tweet arrived, even if
+    /// not full.
     #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = 5)]
     pub max_wait_ms: u64,
-    /// Let a batch gather this long after its first tweet before an idle inference thread takes
-    /// it. 0 (default): score at once. At moderate rates a few ms give fewer, larger batches and
-    /// much less CPU per tweet, for at most this much added latency (capped by --max-wait-ms).
-    #[arg(long, env = "KAFKA_INFER_MIN_WAIT_MS", default_value_t = 0)]
-    pub min_wait_ms: u64,
     /// Close a batch before batch size × longest tweet (padded tokens) would exceed this.
     #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
@@ -145,12 +150,47 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     pub fn policy(&self) -> BatchPolicy {
+        let max_wait = Duration::from_millis(self.max_wait_ms);
         BatchPolicy {
             max_batch: self.max_batch as usize,
-            max_wait: Duration::from_millis(self.max_wait_ms),
-            min_wait: Duration::from_millis(self.min_wait_ms),
+            max_wait,
+            gather: LatencyBudget::new(self.latency_budget())
+                .gather()
+                .min(max_wait),
             max_tokens: self.max_batch_tokens as usize,
         }
+    }
+
+    pub fn latency_budget(&self) -> Duration {
+        Duration::from_millis(self.latency_budget_ms)
+    }
+
+    /// These settings as `kafka-infer run` flags (the demo starts the worker with them).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            ("--max-batch", self.max_batch.to_string()),
+            ("--latency-budget-ms", self.latency_budget_ms.to_string()),
+            ("--max-wait-ms", self.max_wait_ms.to_string()),
+            ("--max-batch-tokens", self.max_batch_tokens.to_string()),
+            ("--channel-capacity", self.channel_capacity.to_string()),
+            (
+                "--max-in-flight-bytes",
+                self.max_in_flight_bytes.to_string(),
+            ),
+            ("--commit-interval-ms", self.commit_interval_ms.to_string()),
+            ("--drain-timeout-ms", self.drain_timeout_ms.to_string()),
+            ("--max-text-bytes", self.max_text_bytes.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect();
+        if let Some(n) = self.inference_threads {
+            args.extend(["--inference-threads".to_owned(), n.to_string()]);
+        }
+        if self.benchmark_passthrough {
+            args.push("--benchmark-passthrough".to_owned());
+        }
+        args
     }
 
     pub fn threads(&self) -> usize {
@@ -168,6 +208,7 @@ impl PipelineArgs {
             output_topic: String::new(),
             dlq_topic: String::new(),
             policy: self.policy(),
+            latency_budget: self.latency_budget(),
             channel_capacity: self.channel_capacity as usize,
             inference_threads: self.threads(),
             commit_interval: Duration::from_millis(self.commit_interval_ms),
@@ -331,6 +372,13 @@ pub struct DemoArgs {
     /// How many scored tweets to print.
     #[arg(long, default_value_t = 12)]
     pub sample: usize,
+    /// After the backlog, feed the worker at this many tweets/s and report its CPU per tweet and
+    /// end-to-end latency at that rate.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// How long the steady rate runs, in seconds (0: skip it).
+    #[arg(long, default_value_t = 5)]
+    pub steady_seconds: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

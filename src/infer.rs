@@ -1,38 +1,32 @@
-//! Inference threads: each takes the next closed batch when it is idle, runs the model once on
-//! all the batch's tweets (in groups of similar length, each padded to its longest), and hands
-//! the scored chunks to the output, which produces them in their partitions' order. Each thread
-//! owns its model state: one session per model it meets (the batch says which model tokenized
-//! it; after a reload, the previous model's session serves what is still in flight).
+//! Inference threads: each gathers its next batch from the source channel when it is idle (see
+//! [`crate::batcher`]), runs the model once on all the batch's tweets (in groups of similar
+//! length, each padded to its longest), and hands the scored chunks to the output, which
+//! produces them in their partitions' order. Each thread owns its model state: one session per
+//! model it meets (the batch says which model tokenized it; after a reload, the previous
+//! model's session serves what is still in flight).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
-
+use crate::batcher::{BatchQueue, Turn};
 use crate::metrics::{Metrics, Stage};
 use crate::model::Session;
 use crate::models::LiveModel;
-use crate::pipeline::{Batch, Output, Scored, Shadow};
+use crate::pipeline::{Output, Scored, Shadow};
 
-/// Runs until the batch channel is closed. `idle` counts threads waiting for a batch (the
-/// batcher closes a batch early while one is). `first` is the session of the model live at
-/// start (built by the caller, so a model problem fails start-up).
+/// Runs until the source channel is closed and drained. `first` is the session of the model
+/// live at start (built by the caller, so a model problem fails start-up).
 pub fn run(
     first: (Arc<LiveModel>, Session),
-    batches: Receiver<Batch>,
+    queue: &BatchQueue,
     output: Arc<dyn Output>,
     shadow: Option<Arc<dyn Shadow>>,
-    idle: &AtomicUsize,
     metrics: &Metrics,
 ) {
     // A handful at most: the live model and, right after a reload, the previous one.
     let mut sessions: Vec<(Arc<LiveModel>, Session)> = vec![first];
-    loop {
-        idle.fetch_add(1, Ordering::AcqRel);
-        let next = batches.recv();
-        idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok(batch) = next else { return };
+    let mut turn = Turn::default();
+    while let Some(batch) = queue.next(&mut turn, metrics) {
         let Some(model) = batch.chunks.first().map(|c| c.model.clone()) else {
             continue;
         };
@@ -62,6 +56,9 @@ pub fn run(
             let scores = results.by_ref().take(chunk.tweets).collect();
             output.emit(Scored { chunk, scores });
         }
+        // Acknowledgements of earlier batches have arrived meanwhile: serving them here saves
+        // the wake-up of a thread that would wait for them.
+        output.serve_deliveries();
     }
 }
 

@@ -6,8 +6,10 @@
 
 pub mod batch;
 pub mod batcher;
+pub mod budget;
 pub mod commit;
 pub mod config;
+pub mod cpu;
 pub mod data;
 pub mod drift;
 pub mod error;

@@ -19,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::cpu::{CpuAccount, Efficiency};
 use crate::drift::Drift;
 
 /// A pipeline stage whose latency is measured.
@@ -94,6 +95,11 @@ pub struct Metrics {
     /// Drift statistics of the live model and of the shadow candidate, rendered at scrape time.
     drift: Mutex<[Watched; 2]>,
     started: Instant,
+    /// CPU time per thread role (rendered at scrape time).
+    cpu: CpuAccount,
+    /// Records per CPU second over the last summary interval.
+    records_per_cpu_second: Gauge<f64, AtomicU64>,
+    efficiency: Mutex<Efficiency>,
     /// Predictions at the last summary line, for its rate.
     last_summary: Mutex<(Instant, u64)>,
     batches: AtomicU64,
@@ -195,6 +201,25 @@ fn render_drift(out: &mut String, watched: &[Watched; 2]) {
             out,
             "kafka_infer_model_scores_count{{{l}}} {}",
             snap.scores_total
+        );
+    }
+}
+
+/// CPU seconds per thread role, a counter family.
+fn render_cpu(out: &mut String, by_role: &std::collections::BTreeMap<String, f64>) {
+    if by_role.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kafka_infer_cpu_seconds CPU time (user + system) of this process's threads by role (partition, inference, rdk:broker, ...), from the threads' own clocks."
+    );
+    let _ = writeln!(out, "# TYPE kafka_infer_cpu_seconds counter");
+    for (role, seconds) in by_role {
+        let _ = writeln!(
+            out,
+            "kafka_infer_cpu_seconds_total{{role=\"{}\"}} {seconds}",
+            escape_label(role)
         );
     }
 }
@@ -348,6 +373,12 @@ impl Metrics {
             "Model reloads by result: ok (swapped in) or rejected (failed validation; the live model kept serving)",
             reloads.clone(),
         );
+        let records_per_cpu_second = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "records_per_cpu_second",
+            "Records acknowledged (predictions and dead letters) per CPU second of the whole process, over the last log interval",
+            records_per_cpu_second.clone(),
+        );
         Metrics {
             registry,
             consumed_total,
@@ -382,6 +413,9 @@ impl Metrics {
             model_version: model_version.to_owned(),
             drift: Mutex::new([None, None]),
             started: Instant::now(),
+            cpu: CpuAccount::new(),
+            records_per_cpu_second,
+            efficiency: Mutex::new(Efficiency::default()),
             last_summary: Mutex::new((Instant::now(), 0)),
             batches: AtomicU64::new(0),
         }
@@ -510,10 +544,21 @@ impl Metrics {
         let _ = encode(&mut s, &self.registry);
         let watched = lock(&self.drift).clone();
         let mut d = String::with_capacity(4096);
+        render_cpu(&mut d, &self.cpu.sample());
         render_drift(&mut d, &watched);
         let at = s.rfind("# EOF").unwrap_or(s.len());
         s.insert_str(at, &d);
         s
+    }
+
+    /// Updates records per CPU second since the previous call (the main loop calls it every log
+    /// interval) and returns the CPU µs per record it implies, if any.
+    pub fn update_efficiency(&self) -> Option<f64> {
+        let cpu_s: f64 = self.cpu.sample().values().sum();
+        let records = self.predicted_total.get() + self.dead_lettered_total.get();
+        let per_cpu_s = lock(&self.efficiency).update(records, cpu_s)?;
+        self.records_per_cpu_second.set(per_cpu_s);
+        (per_cpu_s > 0.0).then(|| 1e6 / per_cpu_s)
     }
 
     /// Predictions per second since the previous call (for the periodic log line).
@@ -578,6 +623,8 @@ mod tests {
             "# HELP kafka_infer_records_consumed Records read from the input topic.\n",
             "kafka_infer_committed_offset{partition=\"2\"} 41",
             "kafka_infer_model_info{version=\"abc123\"} 1",
+            "# TYPE kafka_infer_cpu_seconds counter\n",
+            "kafka_infer_cpu_seconds_total{role=\"",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

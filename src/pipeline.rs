@@ -362,6 +362,9 @@ pub trait Output: Send + Sync {
     ) -> Result<(), String>;
     /// Ends output for a lane; exactly-once aborts its open transaction (bounded by `timeout`).
     fn close(&self, lane: &Lane, timeout: Duration);
+    /// Serves acknowledgements that have arrived, without blocking (inference threads call it
+    /// after producing a batch).
+    fn serve_deliveries(&self);
     /// True if this output commits input offsets itself (exactly-once).
     fn transactional(&self) -> bool;
 }

@@ -15,7 +15,7 @@
 //! re-processed) and why the worker stopped, so the binary can exit non-zero.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,13 +25,14 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::batcher::{self, BatchPolicy};
+use crate::batcher::{BatchPolicy, BatchQueue};
+use crate::budget::LatencyBudget;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::infer;
 use crate::metrics::{Metrics, Role};
 use crate::models::{self, Models, Reload, Reloader};
-use crate::pipeline::{Batch, Budget, Chunk, Output};
+use crate::pipeline::{Budget, Chunk, Output};
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Guarantee, Sink, SinkConfig};
 use crate::source::{self, Source, SourceConfig, SourceConsumer, SourceShared};
@@ -45,6 +46,8 @@ pub struct WorkerConfig {
     pub output_topic: String,
     pub dlq_topic: String,
     pub policy: BatchPolicy,
+    /// How long work may be held back to coalesce it (see [`crate::budget`]).
+    pub latency_budget: Duration,
     /// Chunks between the partition threads and the batcher.
     pub channel_capacity: usize,
     pub inference_threads: usize,
@@ -144,10 +147,7 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         .set("auto.offset.reset", "earliest")
         // Records of aborted upstream transactions are never scored (in both modes).
         .set("isolation.level", "read_committed")
-        // librdkafka's default fetch.wait.max.ms (500 ms) is kept on purpose: Apache Kafka
-        // answers a waiting fetch as soon as fetch.min.bytes (1 byte) of data arrive, so the
-        // wait only bounds idle polling. (A low value was a workaround for tansu, which answered
-        // only when the wait expired.)
+        // fetch.wait.max.ms and fetch.min.bytes come from the latency budget (below).
         //
         // librdkafka prefetches up to this much per partition (default 64 MiB): 16 MiB is ~100k
         // tweets, plenty to keep the pipeline fed, and keeps memory under overload bounded
@@ -166,10 +166,10 @@ fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
         .set("bootstrap.servers", &cfg.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // Batching comes from the micro-batcher; a long linger would only add latency.
-        .set("linger.ms", "1")
+        // linger.ms comes from the latency budget (below).
         // The Java client's key hashing, so keyed outputs land where Kafka Streams would put them.
         .set("partitioner", "murmur2_random");
+    LatencyBudget::new(cfg.latency_budget).apply(&mut consumer, &mut producer);
     for (k, v) in &cfg.client_properties {
         if let Some(k) = k.strip_prefix("consumer.") {
             consumer.set(k, v);
@@ -246,6 +246,16 @@ fn topic_max_message_bytes(client: &ClientConfig, topic: &str, timeout: Duration
         .as_deref()?
         .parse()
         .ok()
+}
+
+/// Sets its flag when dropped: a helper thread that checks the flag ends with the scope that
+/// started it, on early returns too.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>> {
@@ -325,9 +335,13 @@ pub fn run(
         "message.max.bytes",
         sink::KAFKA_DEFAULT_MAX_MESSAGE_BYTES as u64,
     ) as usize;
-    let dlq_max = topic_max_message_bytes(&consumer_cfg, &cfg.dlq_topic, t)
-        .unwrap_or(sink::KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
-        .min(producer_max);
+    // Optional knowledge (the limit is also learnt when the broker rejects a dead letter), so a
+    // broker that does not answer DescribeConfigs (the demo's mock cluster) costs 2 s, not the
+    // whole start-up timeout.
+    let dlq_max =
+        topic_max_message_bytes(&consumer_cfg, &cfg.dlq_topic, t.min(Duration::from_secs(2)))
+            .unwrap_or(sink::KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+            .min(producer_max);
     let sink = Arc::new(Sink::new(
         SinkConfig {
             output_topic: cfg.output_topic.clone(),
@@ -354,6 +368,11 @@ pub fn run(
         model_version = live.version,
         model = live.origin,
         guarantee = ?cfg.guarantee,
+        latency_budget_ms = cfg.latency_budget.as_millis() as u64,
+        fetch_wait_ms = consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500"),
+        fetch_min_bytes = consumer_cfg.get("fetch.min.bytes").unwrap_or("1"),
+        linger_ms = producer_cfg.get("linger.ms").unwrap_or("5"),
+        batch_gather_us = cfg.policy.gather.as_micros() as u64,
         routing = if same_partition {
             "same partition"
         } else {
@@ -361,6 +380,14 @@ pub fn run(
         },
         "starting worker ({inputs} input / {outputs} output partitions)"
     );
+
+    // Acknowledgements are served by the inference threads after each batch; this thread
+    // serves them when no batch comes (idle, draining, shutting down).
+    let deliveries_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let deliveries = {
+        let (sink, stop) = (sink.clone(), deliveries_stop.0.clone());
+        spawn("deliveries", move || sink.serve_deliveries_until(&stop))?
+    };
 
     let mut shadow_thread = None;
     let shadow: Option<Arc<dyn crate::pipeline::Shadow>> = match shadow_model {
@@ -379,28 +406,21 @@ pub fn run(
         None => None,
     };
     let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(cfg.channel_capacity);
-    // Prefetch-one: a closed batch waits here while every inference thread is busy.
-    let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Batch>(1);
+    // The inference threads gather their batches from the chunk channel themselves.
+    let queue = Arc::new(BatchQueue::new(chunk_rx, cfg.policy));
     let mut pipeline = Vec::new();
-    // Inference threads waiting for a batch: the batcher flushes early while one is idle.
-    let idle_threads = Arc::new(AtomicUsize::new(0));
-    let (m, policy, idle) = (metrics.clone(), cfg.policy, idle_threads.clone());
-    pipeline.push(spawn("batcher", move || {
-        batcher::run(chunk_rx, batch_tx, policy, &idle, &m)
-    })?);
     // Each inference thread builds its own model state (it is not `Send`) and reports back, so
     // a model problem fails start-up rather than a thread.
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<()>>(cfg.inference_threads);
     for i in 0..cfg.inference_threads {
-        let (rx, out, m, model, ready, shadow) = (
-            batch_rx.clone(),
+        let (queue, out, m, model, ready, shadow) = (
+            queue.clone(),
             sink.clone() as Arc<dyn Output>,
             metrics.clone(),
             live.clone(),
             ready_tx.clone(),
             shadow.clone(),
         );
-        let idle = idle_threads.clone();
         pipeline.push(spawn(&format!("inference-{i}"), move || {
             let session = match model.classifier.session() {
                 Ok(s) => s,
@@ -411,7 +431,7 @@ pub fn run(
             };
             let _ = ready.send(Ok(()));
             drop(ready);
-            infer::run((model, session), rx, out, shadow, &idle, &m);
+            infer::run((model, session), &queue, out, shadow, &m);
         })?);
     }
     drop(ready_tx);
@@ -420,7 +440,7 @@ pub fn run(
             .recv()
             .map_err(|_| Error::Model("an inference thread died at start-up".into()))??;
     }
-    drop((batch_rx, shadow));
+    drop((queue, shadow));
 
     let budget = Budget::new(cfg.max_in_flight_bytes);
     let shared = SourceShared {
@@ -529,7 +549,10 @@ pub fn run(
         }
         if last_log.elapsed() >= cfg.log_interval {
             let rate = metrics.interval_rate();
-            tracing::info!("{} rate={rate:.0}/s", metrics.summary_line());
+            let cost = metrics
+                .update_efficiency()
+                .map_or_else(String::new, |us| format!(" cpu={us:.0}µs/record"));
+            tracing::info!("{} rate={rate:.0}/s{cost}", metrics.summary_line());
             last_log = Instant::now();
         }
         if pipeline.iter().any(|h| h.is_finished()) {
@@ -556,6 +579,10 @@ pub fn run(
     if let Err(e) = sink.flush(Duration::from_secs(5)) {
         tracing::warn!("producer flush: {e}");
     }
+    sink.serve_deliveries();
+    drop(deliveries_stop);
+    deliveries.thread().unpark();
+    let _ = deliveries.join();
     if let Some((handle, out)) = shadow_thread {
         // The inference threads are gone, so the shadow queue is closed: what it holds is
         // scored (bounded: a few batches), then the thread ends.

@@ -121,7 +121,7 @@ fn fault_config(brokers: &str, guarantee: Guarantee) -> WorkerConfig {
         policy: BatchPolicy {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
-            min_wait: Duration::ZERO,
+            gather: Duration::ZERO,
             max_tokens: 32768,
         },
         client_properties: vec![
