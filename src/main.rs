@@ -149,7 +149,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let models = load_live(&args.model, &args.pipeline)?;
+    // Check the model here (one clear error) before the worker child would fail on it.
+    load_live(&args.model, &args.pipeline)?;
     let mut tweets = match &args.input {
         Some(path) => {
             read_tweets(path).with_context(|| format!("reading tweets from {}", path.display()))?
@@ -159,15 +160,23 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     if args.limit > 0 {
         tweets.truncate(args.limit);
     }
-    let template = args.pipeline.worker_config();
+    anyhow::ensure!(!tweets.is_empty(), "no tweets to feed");
+    let mut worker_args = args.pipeline.to_args();
+    if let Some(dir) = &args.model.model_dir {
+        worker_args.push("--model-dir".into());
+        worker_args.push(dir.display().to_string());
+    }
     let shutdown = Shutdown::new().on_signals()?;
     let report = demo::run(
-        models,
-        &tweets,
-        args.partitions,
-        args.sample,
-        template,
-        shutdown,
+        &demo::DemoPlan {
+            tweets: &tweets,
+            partitions: args.partitions,
+            sample: args.sample,
+            worker_args,
+            rate: args.rate,
+            steady: std::time::Duration::from_secs(args.steady_seconds),
+        },
+        &shutdown,
     )?;
     anyhow::ensure!(
         report.predicted == report.tweets,
