@@ -16,6 +16,10 @@ bench:
 drain-bench TWEETS="1000000":
     DRAIN_TWEETS={{TWEETS}} cargo bench --bench drain
 
+# Cost per tweet at steady rates on a local Apache Kafka: the worker, the Python consumer and a bare librdkafka loop at 200, 1,000 and 5,000 tweets/s and in a drain; CPU per tweet, latency, plots (STEADY_RATES, STEADY_SECONDS, STEADY_ONLY, STEADY_PLOTS=docs)
+steady-bench:
+    cargo bench --bench steady
+
 # Retrain the model in a venv and rewrite model/ (then run `just test`: golden parity must pass).
 # Plain: CV + final fit, 1-2 min; `just train --search`: hyper-parameter search first, ~20-25 min
 train *ARGS:

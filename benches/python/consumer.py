@@ -1,12 +1,14 @@
 """The "30-line Python consumer" contender of the drain benchmark (benches/drain.rs): what a
 user would otherwise run instead of kafka-infer.
 
-    python consumer.py BOOTSTRAP INPUT OUTPUT GROUP [--model-dir DIR]
+    python consumer.py BOOTSTRAP INPUT OUTPUT GROUP [--model-dir DIR] [--wait-ms MS] [--linger-ms MS]
 
 confluent-kafka consumer (auto commit) → the project's own preprocessing (model/preprocess.py)
 → one onnxruntime call per consumed batch (up to 256 tweets, padded to the longest, one intra-
 and one inter-op thread) → {"value":[score]} with the same key to the same partition of OUTPUT
-(idempotent producer, acks=all). Records whose value is not {"value": "<text>"} are skipped
+(idempotent producer, acks=all). `--wait-ms` is how long one `consume()` call waits to fill its
+batch of 256 (default 100), `--linger-ms` the producer's linger (default 1); the steady-rate
+benchmark runs it with 5 and 5, so that it too coalesces work at moderate rates. Records whose value is not {"value": "<text>"} are skipped
 (counted on stderr at exit). Runs until SIGTERM, then flushes and exits 0.
 """
 
@@ -37,6 +39,8 @@ def main():
     for name in ("bootstrap", "input", "output", "group"):
         ap.add_argument(name)
     ap.add_argument("--model-dir", type=Path, default=REPO_MODEL)
+    ap.add_argument("--wait-ms", type=float, default=100.0, help="how long consume() waits for 256 records")
+    ap.add_argument("--linger-ms", type=float, default=1.0, help="the producer's linger.ms")
     args = ap.parse_args()
 
     pre = load_preprocessor(args.model_dir)
@@ -48,7 +52,7 @@ def main():
     consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": True})
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True,
-                         "acks": "all", "linger.ms": 1})
+                         "acks": "all", "linger.ms": args.linger_ms})
     consumer.subscribe([args.input])
 
     stop = False
@@ -61,7 +65,7 @@ def main():
     skipped = 0
     while not stop:
         batch, ids = [], []
-        for msg in consumer.consume(num_messages=256, timeout=0.1):
+        for msg in consumer.consume(num_messages=256, timeout=args.wait_ms / 1000):
             if msg.error():
                 continue
             try:
