@@ -76,7 +76,9 @@ pub struct Metrics {
     pub undelivered_at_revoke_total: Counter,
     pub transactions_committed_total: Counter,
     pub transactions_aborted_total: Counter,
-    stage_seconds: Family<Labels, Histogram>,
+    /// Per stage (in [`STAGES`] order): its series of the `stage_seconds` family, resolved once
+    /// (a lookup by label hashes and allocates, per batch and per chunk otherwise).
+    stage_seconds: [Histogram; 5],
     batch_size: Histogram,
     committed: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
@@ -299,6 +301,11 @@ impl Metrics {
             "Latency per pipeline stage",
             stage_seconds.clone(),
         );
+        let stage_seconds = STAGES.map(|(_, name)| {
+            stage_seconds
+                .get_or_create(&vec![("stage", name.to_owned())])
+                .clone()
+        });
         let batch_size = Histogram::new(BATCH_BUCKETS);
         registry.register(
             "batch_size",
@@ -425,32 +432,18 @@ impl Metrics {
         STAGES.iter().position(|(s, _)| *s == stage).unwrap_or(0)
     }
 
-    fn name(stage: Stage) -> &'static str {
-        STAGES[Self::idx(stage)].1
-    }
-
     pub fn record(&self, stage: Stage, d: Duration) {
-        self.record_n(stage, d, 1);
-    }
-
-    /// Records the same latency for `n` records (one chunk).
-    pub fn record_n(&self, stage: Stage, d: Duration, n: u64) {
+        let i = Self::idx(stage);
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = lock(&self.stages_hdr[Self::idx(stage)]).record_n(us.min(3_600_000_000), n);
-        let h = self
-            .stage_seconds
-            .get_or_create_owned(&vec![("stage", Self::name(stage).to_owned())]);
-        for _ in 0..n {
-            h.observe(d.as_secs_f64());
-        }
+        let _ = lock(&self.stages_hdr[i]).record(us.min(3_600_000_000));
+        self.stage_seconds[i].observe(d.as_secs_f64());
     }
 
     /// End-to-end latencies of a chunk's records, from their input timestamps to `now_ms`.
     pub fn record_end_to_end(&self, timestamps: impl Iterator<Item = i64>, now_ms: i64) {
-        let h = self
-            .stage_seconds
-            .get_or_create_owned(&vec![("stage", Self::name(Stage::EndToEnd).to_owned())]);
-        let mut hdr = lock(&self.stages_hdr[Self::idx(Stage::EndToEnd)]);
+        let i = Self::idx(Stage::EndToEnd);
+        let h = &self.stage_seconds[i];
+        let mut hdr = lock(&self.stages_hdr[i]);
         for ts in timestamps {
             let ms = u64::try_from(now_ms - ts).unwrap_or(0);
             h.observe(ms as f64 / 1e3);

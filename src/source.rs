@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::SendTimeoutError;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -36,6 +36,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use crate::batcher::ChunkSender;
 use crate::json::{DecodeError, JsonDecoder};
 use crate::metrics::Metrics;
 use crate::models::Models;
@@ -117,7 +118,7 @@ pub struct Source {
     consumer: OnceLock<Weak<BaseConsumer<Source>>>,
     shared: Arc<SourceShared>,
     /// Taken (set to `None`) at shutdown so the channel closes once the threads are gone.
-    tx: Mutex<Option<Sender<Chunk>>>,
+    tx: Mutex<Option<ChunkSender>>,
     partitions: Mutex<HashMap<(String, i32), Partition>>,
 }
 
@@ -136,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Source {
-    pub fn new(shared: SourceShared, tx: Sender<Chunk>) -> Self {
+    pub fn new(shared: SourceShared, tx: ChunkSender) -> Self {
         Source {
             consumer: OnceLock::new(),
             shared: Arc::new(shared),
@@ -442,7 +443,7 @@ struct PartitionThread {
     lane: Arc<Mutex<Arc<Lane>>>,
     signal: Arc<StopSignal>,
     shared: Arc<SourceShared>,
-    tx: Sender<Chunk>,
+    tx: ChunkSender,
     /// simd-json parses in place: one scratch buffer and one decoder per thread, reused.
     scratch: Vec<u8>,
     decoder: JsonDecoder,

@@ -25,14 +25,14 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::batcher::{BatchPolicy, BatchQueue};
+use crate::batcher::{self, BatchPolicy, BatchQueue};
 use crate::budget::LatencyBudget;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::infer;
 use crate::metrics::{Metrics, Role};
 use crate::models::{self, Models, Reload, Reloader};
-use crate::pipeline::{Budget, Chunk, Output};
+use crate::pipeline::{Budget, Output};
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Guarantee, Sink, SinkConfig};
 use crate::source::{self, Source, SourceConfig, SourceConsumer, SourceShared};
@@ -405,9 +405,9 @@ pub fn run(
         }
         None => None,
     };
-    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(cfg.channel_capacity);
+    let (chunk_tx, chunk_rx, doorbell) = batcher::channel(cfg.channel_capacity);
     // The inference threads gather their batches from the chunk channel themselves.
-    let queue = Arc::new(BatchQueue::new(chunk_rx, cfg.policy));
+    let queue = Arc::new(BatchQueue::new(chunk_rx, doorbell, cfg.policy));
     let mut pipeline = Vec::new();
     // Each inference thread builds its own model state (it is not `Send`) and reports back, so
     // a model problem fails start-up rather than a thread.
