@@ -113,9 +113,6 @@ pub struct ChunkDelivery {
     outstanding: AtomicUsize,
     failed: AtomicBool,
     produced_at: Instant,
-    /// The longest produce-to-acknowledgement time of its outputs (µs), as librdkafka measured
-    /// it: reports are served a little after they arrive, so the time of serving says less.
-    ack_latency_us: AtomicU64,
     predictions: u64,
     dead_letters: u64,
     timestamps: Vec<i64>,
@@ -181,15 +178,8 @@ impl ProducerContext for SinkContext {
     fn delivery(&self, result: &DeliveryResult<'_>, d: Arc<ChunkDelivery>) {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
-        match result {
-            Ok(msg) => {
-                // SAFETY: the message is valid for the duration of this call.
-                let us = unsafe { rdkafka::bindings::rd_kafka_message_latency(msg.ptr()) };
-                if let Ok(us) = u64::try_from(us) {
-                    d.ack_latency_us.fetch_max(us, Ordering::Relaxed);
-                }
-            }
-            Err((e, msg)) => self.failed(&d, e, msg.topic(), msg.payload_len()),
+        if let Err((e, msg)) = result {
+            self.failed(&d, e, msg.topic(), msg.payload_len());
         }
         self.done(&d, 1);
     }
@@ -238,17 +228,16 @@ impl SinkContext {
         d.lane.tracker.ack(d.first);
         self.metrics.predicted_total.inc_by(d.predictions);
         self.metrics.dead_lettered_total.inc_by(d.dead_letters);
-        // When the broker acknowledged the chunk: its last output's produce-to-ack time after
-        // it was produced (the report may have been served some milliseconds later).
-        let served_for = d.produced_at.elapsed();
-        let ack = Duration::from_micros(d.ack_latency_us.load(Ordering::Relaxed)).min(served_for);
-        self.metrics.record(Stage::ProduceAck, ack);
+        // Until the acknowledgement was *served*: reports wait for the next batch or the
+        // deliveries thread (see `serve_deliveries`), and librdkafka keeps no time of arrival
+        // (its rd_kafka_message_latency() is measured when it is called).
+        self.metrics
+            .record(Stage::ProduceAck, d.produced_at.elapsed());
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
-        let acked_ms = now_ms - i64::try_from((served_for - ack).as_millis()).unwrap_or(0);
         self.metrics
-            .record_end_to_end(d.timestamps.iter().copied(), acked_ms);
+            .record_end_to_end(d.timestamps.iter().copied(), now_ms);
     }
 
     /// Serves this producer's queued events (delivery reports, errors) without waiting; at most
@@ -422,7 +411,6 @@ impl Sink {
             outstanding: AtomicUsize::new(n),
             failed: AtomicBool::new(false),
             produced_at: Instant::now(),
-            ack_latency_us: AtomicU64::new(0),
             predictions,
             dead_letters: n as u64 - predictions,
             timestamps: chunk.records.iter().filter_map(|r| r.timestamp).collect(),
