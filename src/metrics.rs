@@ -33,7 +33,7 @@ pub enum Stage {
     Inference,
     /// Chunk handed to the producer → every output of it acknowledged by the broker, as seen
     /// by the worker: acknowledgements are served after the next batch or within 10 ms, so this
-    /// includes that wait (at 1,000 tweets/s, p50 ~7 ms of which ~1-2 ms is the broker).
+    /// includes that wait (at 1,000 tweets/s the next batch comes ~7 ms later).
     ProduceAck,
     /// Input record timestamp → output acknowledgement seen (millisecond resolution, like
     /// timestamps; includes the same wait).
