@@ -23,7 +23,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
 
 #[path = "../tests/support/kafka.rs"]
 mod kafka;
@@ -158,7 +158,7 @@ fn main() {
                 .args(c.args)
                 .args(&extra)
                 // Warnings, and the exit summary (batches and their mean size).
-                .env("RUST_LOG", "warn,kafka_infer::worker=info")
+                .env("RUST_LOG", "warn,kafka_infer::app::worker=info")
                 .stdin(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("worker log"))
                 .spawn()

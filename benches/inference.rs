@@ -2,8 +2,8 @@
 //! to its longest tweet) and at the seed's full padding of 121, for comparison.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_infer::batch::{pad_to, pad_to_longest};
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
+use kafka_infer::model::batch::{pad_to, pad_to_longest};
 use kafka_infer::Classifier;
 
 fn bench(c: &mut Criterion) {

@@ -1,8 +1,8 @@
 //! Decoding {"value": "<tweet>"} payloads: simd-json (what the worker uses) vs serde_json.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use kafka_infer::data::test_tweets;
-use kafka_infer::json::{decode_value_serde_json, JsonDecoder};
+use kafka_infer::app::data::test_tweets;
+use kafka_infer::wire::{decode_value_serde_json, JsonDecoder};
 
 fn bench(c: &mut Criterion) {
     let payloads: Vec<Vec<u8>> = test_tweets()

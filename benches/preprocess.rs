@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
 use kafka_infer::Tokenizer;
 
 fn bench(c: &mut Criterion) {

@@ -34,8 +34,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_infer::budget::{LatencyBudget, DEFAULT_LATENCY_BUDGET_MS, IDLE_FETCH_WAIT_MS};
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
+use kafka_infer::batching::latency::{
+    LatencyBudget, DEFAULT_LATENCY_BUDGET_MS, IDLE_FETCH_WAIT_MS,
+};
 use plotters::prelude::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -318,7 +320,7 @@ fn start(
                 .args(["--input-topic", input, "--output-topic", output])
                 .args(["--dlq-topic", dlq, "--metrics-addr", "off"])
                 .args(args)
-                .env("RUST_LOG", "warn,kafka_infer::worker=info");
+                .env("RUST_LOG", "warn,kafka_infer::app::worker=info");
             cmd
         }
         Kind::Python { python } => {

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use kafka_infer::batch::pad_to_longest;
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
+use kafka_infer::model::batch::pad_to_longest;
 use kafka_infer::Classifier;
 use tract_onnx::prelude::tract_ndarray::Array2;
 

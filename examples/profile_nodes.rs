@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kafka_infer::batch::pad_to_longest;
-use kafka_infer::data::test_tweets;
+use kafka_infer::app::data::test_tweets;
+use kafka_infer::model::batch::pad_to_longest;
 use kafka_infer::model::plan::BaseModel;
 use kafka_infer::Classifier;
 use tract_onnx::prelude::tract_ndarray::s;

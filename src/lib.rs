@@ -1,34 +1,42 @@
 //! kafka-infer: a micro-batching Kafka worker that scores tweets with a small text CNN.
 //!
-//! The library holds every piece; `main.rs` only wires them together. Inference core:
-//! [`preprocess`] (text → ids, train/serve parity), [`batch`] (padding), [`model`]
-//! (tract plan + per-thread sessions), [`json`] (wire format), [`score`] (offline scoring).
+//! The stages, in the order a tweet meets them (each folder has a module doc that says why it is
+//! built the way it is):
+//!
+//! ```text
+//!  kafka::source ──Chunk──► batching ──Batch──► inference ──Scored──► kafka::sink ──► Kafka
+//!  (consumer, a thread       (the inference      (one tract run     (per-partition order,
+//!   per partition:           threads gather      per batch)          acknowledgements,
+//!   decode, tokenize)        their own batches)                      dead letters)
+//!        ▲                                                                 │
+//!        └───────────── pipeline: lanes, offsets, the byte budget ◄───────┘
+//! ```
+//!
+//! - [`pipeline`]: the types that flow between stages (chunks, batches, lanes), per-partition
+//!   offset tracking, the in-flight byte budget. Stages depend on these, never on each other.
+//! - [`kafka`]: everything that talks to Kafka — the source (consumer, partition threads,
+//!   rewinds, commits), the sink (record building, producers, delivery reports), the delivery
+//!   guarantee, client settings.
+//! - [`batching`]: batch policy (pure), the queue the inference threads gather from, the
+//!   latency budget.
+//! - [`inference`]: inference threads and shadow scoring.
+//! - [`model`]: the classifier (tract plans, the fused op), the tokenizer (train/serve parity),
+//!   model files, the live model and its reloads, drift.
+//! - [`obs`]: metrics, CPU accounting, `/metrics` and `/healthz`.
+//! - [`app`]: the commands — `run` (the worker assembled), `score`, `demo` — their command line,
+//!   signals and data. `main.rs` only dispatches.
+//! - [`wire`]: the record format, `{"value": "<tweet>"}` in and `{"value":[score]}` out.
 
-pub mod batch;
-pub mod batcher;
-pub mod budget;
-pub mod commit;
-pub mod config;
-pub mod cpu;
-pub mod data;
-pub mod drift;
+pub mod app;
+pub mod batching;
 pub mod error;
-pub mod http;
-pub mod infer;
-pub mod json;
-pub mod metrics;
+pub mod inference;
+pub mod kafka;
 pub mod model;
-pub mod model_files;
-pub mod models;
+pub mod obs;
 pub mod pipeline;
-pub mod preprocess;
-pub mod score;
-pub mod shadow;
-pub mod shutdown;
-pub mod sink;
-pub mod source;
-pub mod worker;
+pub mod wire;
 
 pub use error::{Error, Result};
+pub use model::tokenizer::Tokenizer;
 pub use model::{Classifier, Session};
-pub use preprocess::Tokenizer;

@@ -6,18 +6,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kafka_infer::config::{
+use kafka_infer::app::cli::{
     Cli, Command, DemoArgs, Format, ModelArgs, PipelineArgs, RunArgs, ScoreArgs,
 };
-use kafka_infer::data::{read_tweets, test_tweets};
-use kafka_infer::metrics::{Metrics, Role};
-use kafka_infer::model_files::ModelFiles;
-use kafka_infer::models::{LiveModel, Models};
-use kafka_infer::score::{score_stream, InputFormat};
-use kafka_infer::shutdown::Shutdown;
-use kafka_infer::{worker, Classifier};
-
-mod demo;
+use kafka_infer::app::data::{read_tweets, test_tweets};
+use kafka_infer::app::score::{score_stream, InputFormat};
+use kafka_infer::app::shutdown::Shutdown;
+use kafka_infer::app::worker;
+use kafka_infer::model::files::ModelFiles;
+use kafka_infer::model::live::{LiveModel, Models};
+use kafka_infer::obs::metrics::{Metrics, Role};
+use kafka_infer::Classifier;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -167,8 +166,8 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         worker_args.push(dir.display().to_string());
     }
     let shutdown = Shutdown::new().on_signals()?;
-    let report = demo::run(
-        &demo::DemoPlan {
+    let report = kafka_infer::app::demo::run(
+        &kafka_infer::app::demo::DemoPlan {
             tweets: &tweets,
             partitions: args.partitions,
             sample: args.sample,

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use kafka_infer::batch::pad_to;
+use kafka_infer::model::batch::pad_to;
 use kafka_infer::Classifier;
 use serde::Deserialize;
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use kafka_infer::batch::pad_to;
+use kafka_infer::model::batch::pad_to;
 use kafka_infer::model::plan::BaseModel;
 use kafka_infer::Classifier;
 use serde::Deserialize;

@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-use kafka_infer::json::JsonDecoder;
-use kafka_infer::model_files::ModelFiles;
+use kafka_infer::wire::JsonDecoder;
+use kafka_infer::model::files::ModelFiles;
 use kafka_infer::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 

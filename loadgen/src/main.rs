@@ -50,9 +50,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     validate(&cli)?;
     let run_id = cli.run_id.clone().unwrap_or_else(default_run_id);
     let tweets = match &cli.input {
-        Some(input) => kafka_infer::data::read_tweets(input)
+        Some(input) => kafka_infer::app::data::read_tweets(input)
             .with_context(|| format!("reading tweets from {}", input.display()))?,
-        None => kafka_infer::data::test_tweets(),
+        None => kafka_infer::app::data::test_tweets(),
     };
 
     let conn = Connection {

@@ -159,8 +159,8 @@ pub fn max_over_seq_as_maxpool(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::files::ModelFiles;
     use crate::model::fused::ShiftedLookupMax;
-    use crate::model_files::ModelFiles;
     use tract_onnx::prelude::tract_ndarray::Array2;
 
     fn base() -> BaseModel {

@@ -150,7 +150,7 @@ impl World {
         let (bootstrap, input) = (self.bootstrap(), self.input.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let texts = kafka_infer::data::test_tweets();
+        let texts = kafka_infer::app::data::test_tweets();
         let handle = std::thread::spawn(move || {
             // Its broker and idempotence log is kept (the last lines), to say why if it ever
             // cannot flush.
@@ -619,7 +619,7 @@ pub fn tweet(i: usize, texts: &[String]) -> (i32, String, Vec<u8>) {
 /// `n` tweets from test.csv as (partition, key, {"value": text}) records spread over the
 /// partitions; key = "<partition>-<sequence within partition>".
 pub fn tweets(n: usize, first_seq: usize) -> Vec<(i32, String, Vec<u8>)> {
-    let texts = kafka_infer::data::test_tweets();
+    let texts = kafka_infer::app::data::test_tweets();
     (first_seq..first_seq + n)
         .map(|i| tweet(i, &texts))
         .collect()

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::drift::{Drift, Reference};
 use crate::error::{Error, Result};
+use crate::model::drift::{Drift, Reference};
+use crate::model::files::ModelFiles;
 use crate::model::Classifier;
-use crate::model_files::ModelFiles;
 
 /// How far a reloaded model's scores may be from its own golden scores (onnxruntime's, written
 /// by the training script); tract and onnxruntime agree within ~2e-7 on the shipped model.
@@ -31,7 +31,7 @@ pub const GOLDEN_TOLERANCE: f32 = 1e-4;
 
 /// Recent scores (and, separately, recent tweets) that drift statistics compare with the
 /// training reference: PSI's noise floor for data that follow the reference is then about
-/// 0.001, a hundred times below the 0.1 "stable" mark (see [`crate::drift`]).
+/// 0.001, a hundred times below the 0.1 "stable" mark (see [`crate::model::drift`]).
 pub const DRIFT_WINDOW: usize = 10_000;
 
 /// A model that passed validation, with what the worker needs to serve and watch it.

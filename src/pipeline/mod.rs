@@ -11,13 +11,15 @@
 //! [`Body::Invalid`] record, so that only the sink ever produces and dead letters keep their
 //! place in their partition's output order.
 
+pub mod offsets;
+
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::commit::PartitionTracker;
-use crate::json::DecodeError;
-use crate::models::LiveModel;
+use crate::model::live::LiveModel;
+use crate::pipeline::offsets::PartitionTracker;
+use crate::wire::DecodeError;
 
 /// One assigned input partition, for one stretch of consumption: from an assignment (or a
 /// rewind to the last commit after a failed delivery) until its revocation (or the next

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::{Error, Result};
-use crate::json::JsonDecoder;
-use crate::metrics::Metrics;
-use crate::models::LiveModel;
+use crate::model::live::LiveModel;
+use crate::obs::metrics::Metrics;
 use crate::pipeline::{Body, Chunk, Shadow};
+use crate::wire::JsonDecoder;
 
 /// The live score above which a tweet counts as a disaster, for agreement.
 const THRESHOLD: f32 = 0.5;

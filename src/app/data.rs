@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// `data/disaster-tweets/test.csv`, as shipped in the repository (see `data/README.md`).
-const TEST_CSV: &str = include_str!("../data/disaster-tweets/test.csv");
+const TEST_CSV: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/disaster-tweets/test.csv"
+));
 
 /// The shipped test tweets (unlabelled, realistic traffic), in file order.
 pub fn test_tweets() -> Vec<String> {
@@ -47,7 +50,7 @@ pub fn read_tweets(path: &Path) -> Result<Vec<String>> {
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, l)| {
-                crate::json::decode_value(l.as_bytes())
+                crate::wire::decode_value(l.as_bytes())
                     .map_err(|e| Error::Config(format!("{}: line {}: {e}", path.display(), i + 1)))
             })
             .collect();

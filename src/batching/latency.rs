@@ -15,7 +15,7 @@
 //!   first byte instead, up to [`IDLE_FETCH_WAIT_MS`] (a librdkafka property we patch in).
 //! - **batch** (5 %): with nothing queued, a batch waits this long after its first chunk —
 //!   long enough to collect the chunks one fetch brought for several partitions, too short to
-//!   wait for the next fetch. Under load batches fill by size (see [`crate::batcher`]).
+//!   wait for the next fetch. Under load batches fill by size (see [`crate::batching`]).
 //! - **produce** (10 %): librdkafka's `linger.ms`; a batch's outputs leave in one request per
 //!   partition rather than one per record. (librdkafka sends a request per partition, and a
 //!   batch's outputs are handed over in one burst, so a short linger is enough.)

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::app::shutdown::Shutdown;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use kafka_infer::shutdown::Shutdown;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;

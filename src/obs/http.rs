@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::obs::metrics::Metrics;
 
 /// Health as seen by `/healthz`: `Err` carries why the worker is not healthy.
 pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;

@@ -7,8 +7,13 @@
 //! session, as tract intends, so inference threads never contend on a lock once a plan exists.
 //! Sequences longer than `max_len` (which the tokenizer never produces) run the generic plan.
 
+pub mod batch;
+pub mod drift;
+pub mod files;
 pub mod fused;
+pub mod live;
 pub mod plan;
+pub mod tokenizer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,10 +23,10 @@ use tract_onnx::prelude::tract_ndarray::Array2;
 use tract_onnx::prelude::*;
 
 use self::plan::{BaseModel, Plan};
-use crate::batch;
+
 use crate::error::{Error, Result};
-use crate::model_files::ModelFiles;
-use crate::preprocess::Tokenizer;
+use crate::model::files::ModelFiles;
+use crate::model::tokenizer::Tokenizer;
 
 type PlanState = TypedSimpleState;
 

@@ -657,7 +657,8 @@ impl Drift {
 mod tests {
     use super::*;
 
-    const REFERENCE_JSON: &[u8] = include_bytes!("../model/reference.json");
+    const REFERENCE_JSON: &[u8] =
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/model/reference.json"));
 
     fn reference() -> Reference {
         Reference::from_json(REFERENCE_JSON).expect("the shipped reference.json parses")

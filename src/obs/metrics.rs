@@ -19,8 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::cpu::{CpuAccount, Efficiency};
-use crate::drift::Drift;
+use crate::model::drift::Drift;
+use crate::obs::cpu::{CpuAccount, Efficiency};
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub enum Role {
 /// rate of nothing) is left out rather than written as NaN or 0, so a dashboard shows a gap
 /// instead of a fake value.
 fn render_drift(out: &mut String, watched: &[Watched; 2]) {
-    let series: Vec<(String, crate::drift::DriftSnapshot)> = watched
+    let series: Vec<(String, crate::model::drift::DriftSnapshot)> = watched
         .iter()
         .zip(["live", "shadow"])
         .filter_map(|(w, role)| {
@@ -146,7 +146,9 @@ fn render_drift(out: &mut String, watched: &[Watched; 2]) {
         return;
     }
     let mut gauge =
-        |name: &str, help: &str, value: &dyn Fn(&crate::drift::DriftSnapshot) -> Option<f64>| {
+        |name: &str,
+         help: &str,
+         value: &dyn Fn(&crate::model::drift::DriftSnapshot) -> Option<f64>| {
             let _ = writeln!(out, "# HELP kafka_infer_{name} {help}");
             let _ = writeln!(out, "# TYPE kafka_infer_{name} gauge");
             for (l, snap) in &series {
@@ -596,7 +598,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drift::Reference;
+    use crate::model::drift::Reference;
 
     #[test]
     fn the_exposition_has_counters_histograms_and_partition_gauges() {
@@ -637,8 +639,11 @@ mod tests {
     #[test]
     fn drift_families_are_exposed_for_the_live_model_only() {
         let m = Metrics::new("abc123");
-        let reference =
-            Reference::from_json(include_bytes!("../model/reference.json")).expect("reference");
+        let reference = Reference::from_json(include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/model/reference.json"
+        )))
+        .expect("reference");
         let first = Arc::new(Drift::new(Some(reference), 10_000));
         first.observe_scores(&[0.05; 600]);
         first.observe_tweets((0..600).map(|_| (10, 1)));

@@ -1,17 +1,19 @@
 //! Inference threads: each gathers its next batch from the source channel when it is idle (see
-//! [`crate::batcher`]), runs the model once on all the batch's tweets (in groups of similar
+//! [`crate::batching`]), runs the model once on all the batch's tweets (in groups of similar
 //! length, each padded to its longest), and hands the scored chunks to the output, which
 //! produces them in their partitions' order. Each thread owns its model state: one session per
 //! model it meets (the batch says which model tokenized it; after a reload, the previous
 //! model's session serves what is still in flight).
 
+pub mod shadow;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batcher::{BatchQueue, Turn};
-use crate::metrics::{Metrics, Stage};
+use crate::batching::{BatchQueue, Turn};
+use crate::model::live::LiveModel;
 use crate::model::Session;
-use crate::models::LiveModel;
+use crate::obs::metrics::{Metrics, Stage};
 use crate::pipeline::{Output, Scored, Shadow};
 
 /// Runs until the source channel is closed and drained. `first` is the session of the model

@@ -36,14 +36,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
-use crate::batcher::ChunkSender;
-use crate::json::{DecodeError, JsonDecoder};
-use crate::metrics::Metrics;
-use crate::models::Models;
+use crate::app::shutdown::Shutdown;
+use crate::batching::ChunkSender;
+use crate::model::live::Models;
+use crate::obs::metrics::Metrics;
 use crate::pipeline::{
     Body, Budget, Chunk, ChunkSizes, FailureKind, Lane, LaneState, Output, Record,
 };
-use crate::shutdown::Shutdown;
+use crate::wire::{DecodeError, JsonDecoder};
 
 /// How the source behaves.
 #[derive(Debug, Clone)]

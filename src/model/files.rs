@@ -30,11 +30,26 @@ impl ModelFiles {
     pub fn builtin() -> Self {
         ModelFiles {
             origin: "built-in".into(),
-            onnx: Cow::Borrowed(include_bytes!("../model/model.onnx")),
-            vocab: Cow::Borrowed(include_str!("../model/vocab.txt")),
-            preprocess: Cow::Borrowed(include_bytes!("../model/preprocess.json")),
-            golden: Some(Cow::Borrowed(include_str!("../model/golden.jsonl"))),
-            reference: Some(Cow::Borrowed(include_bytes!("../model/reference.json"))),
+            onnx: Cow::Borrowed(include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/model/model.onnx"
+            ))),
+            vocab: Cow::Borrowed(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/model/vocab.txt"
+            ))),
+            preprocess: Cow::Borrowed(include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/model/preprocess.json"
+            ))),
+            golden: Some(Cow::Borrowed(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/model/golden.jsonl"
+            )))),
+            reference: Some(Cow::Borrowed(include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/model/reference.json"
+            )))),
             preprocess_path: PathBuf::from("<built-in>/preprocess.json"),
         }
     }

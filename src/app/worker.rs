@@ -25,17 +25,17 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::batcher::{self, BatchPolicy, BatchQueue};
-use crate::budget::LatencyBudget;
+use crate::app::shutdown::Shutdown;
+use crate::batching::latency::LatencyBudget;
+use crate::batching::{self, BatchPolicy, BatchQueue};
 use crate::error::{Error, Result};
-use crate::http;
-use crate::infer;
-use crate::metrics::{Metrics, Role};
-use crate::models::{self, Models, Reload, Reloader};
+use crate::inference;
+use crate::kafka::sink::{self, Guarantee, Sink, SinkConfig};
+use crate::kafka::source::{self, Source, SourceConfig, SourceConsumer, SourceShared};
+use crate::model::live::{self, Models, Reload, Reloader};
+use crate::obs::http;
+use crate::obs::metrics::{Metrics, Role};
 use crate::pipeline::{Budget, Output};
-use crate::shutdown::Shutdown;
-use crate::sink::{self, Guarantee, Sink, SinkConfig};
-use crate::source::{self, Source, SourceConfig, SourceConsumer, SourceShared};
 
 /// Everything `run` needs; built from the command line (or by the demo).
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct WorkerConfig {
     pub output_topic: String,
     pub dlq_topic: String,
     pub policy: BatchPolicy,
-    /// How long work may be held back to coalesce it (see [`crate::budget`]).
+    /// How long work may be held back to coalesce it (see [`crate::batching::latency`]).
     pub latency_budget: Duration,
     /// Chunks between the partition threads and the batcher.
     pub channel_capacity: usize,
@@ -321,8 +321,8 @@ pub fn run(
     let shadow_model = match &cfg.shadow_model_dir {
         Some(dir) => {
             let shadows = partition_count(&probe, &cfg.brokers, &shadow_topic, "shadow", t)?;
-            let files = crate::model_files::ModelFiles::read(dir)?;
-            let model = models::LiveModel::load(&files, false)?;
+            let files = crate::model::files::ModelFiles::read(dir)?;
+            let model = live::LiveModel::load(&files, false)?;
             tracing::info!(version = model.version, dir = %dir.display(), topic = shadow_topic, "shadow model");
             Some((model, shadows >= inputs))
         }
@@ -399,13 +399,14 @@ pub fn run(
                 metrics.clone(),
             )?);
             metrics.watch_drift(Role::Shadow, &model.version, model.drift.clone());
-            let (stage, handle) = crate::shadow::start(model, out.clone(), metrics.clone(), 8)?;
+            let (stage, handle) =
+                crate::inference::shadow::start(model, out.clone(), metrics.clone(), 8)?;
             shadow_thread = Some((handle, out));
             Some(stage)
         }
         None => None,
     };
-    let (chunk_tx, chunk_rx, doorbell) = batcher::channel(cfg.channel_capacity);
+    let (chunk_tx, chunk_rx, doorbell) = batching::channel(cfg.channel_capacity);
     // The inference threads gather their batches from the chunk channel themselves.
     let queue = Arc::new(BatchQueue::new(chunk_rx, doorbell, cfg.policy));
     let mut pipeline = Vec::new();
@@ -431,7 +432,7 @@ pub fn run(
             };
             let _ = ready.send(Ok(()));
             drop(ready);
-            infer::run((model, session), &queue, out, shadow, &m);
+            inference::run((model, session), &queue, out, shadow, &m);
         })?);
     }
     drop(ready_tx);
@@ -493,7 +494,7 @@ pub fn run(
                 poll_ms = cfg.model_poll.as_millis() as u64,
                 "watching the model directory (SIGHUP reloads at once)"
             );
-            Some(models::spawn_reloader(
+            Some(live::spawn_reloader(
                 Reloader::new(dir.clone(), models.clone()),
                 cfg.model_poll,
                 hup,

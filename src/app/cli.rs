@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::batcher::BatchPolicy;
-use crate::budget::{LatencyBudget, DEFAULT_LATENCY_BUDGET_MS};
-use crate::sink::Guarantee;
-use crate::worker::WorkerConfig;
+use crate::app::worker::WorkerConfig;
+use crate::batching::latency::{LatencyBudget, DEFAULT_LATENCY_BUDGET_MS};
+use crate::batching::BatchPolicy;
+use crate::kafka::sink::Guarantee;
 
 /// Scores tweets with a disaster-tweet CNN: offline (`score`), as a Kafka worker (`run`), or
 /// end to end against an in-process demo broker (`demo`).

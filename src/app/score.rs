@@ -5,9 +5,9 @@
 use std::io::{BufRead, Write};
 
 use crate::error::{Error, Result};
-use crate::json::{decode_value, encode_score};
+use crate::model::tokenizer::Tokenizer;
 use crate::model::{Classifier, Session};
-use crate::preprocess::Tokenizer;
+use crate::wire::{decode_value, encode_score};
 
 /// How input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,11 +34,11 @@ use rdkafka::producer::{
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use crate::app::shutdown::Shutdown;
 use crate::error::Result;
-use crate::json::encode_score;
-use crate::metrics::{Metrics, Stage};
+use crate::obs::metrics::{Metrics, Stage};
 use crate::pipeline::{Body, FailureKind, Lane, Output, Scored};
-use crate::shutdown::Shutdown;
+use crate::wire::encode_score;
 
 /// Which delivery guarantee the worker gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -722,7 +722,7 @@ impl ShadowSink {
     }
 }
 
-impl crate::shadow::ShadowOutput for ShadowSink {
+impl crate::inference::shadow::ShadowOutput for ShadowSink {
     fn send(
         &self,
         input_partition: i32,
