@@ -9,7 +9,9 @@
 //! **Size limits.** Bad input must never stop the worker, whatever field of it is too large:
 //! - a prediction whose record (key, score, headers) would exceed what the output accepts (the
 //!   producer's `message.max.bytes`, the output topic's `max.message.bytes`) becomes a dead
-//!   letter with reason `output_too_large` — in practice, a key larger than the limit;
+//!   letter with reason `output_too_large` — a key larger than the limit. (An output that
+//!   takes no prediction even without its key is misconfigured, not fed bad input: such a
+//!   prediction is sent as is, and its refusal stops the worker loudly.)
 //! - a dead letter's value is cut to what the dead-letter topic accepts (header
 //!   `dlq-original-size`), and so is its key (header `dlq-original-key-size`).
 
@@ -177,12 +179,16 @@ pub fn build<'a>(
                 truncated: false,
             };
             let size = prediction.wire_size();
-            if size <= limits.output_record_bytes {
+            let key_len = key.map_or(0, <[u8]>::len);
+            // Bad input is a key that makes the record too large. If even the keyless
+            // prediction does not fit, the output takes no prediction at all: that is the
+            // topic's configuration, not this input. Send it as is: the refusal fails the
+            // lane and, repeated, stops the worker loudly instead of dead-lettering everything.
+            if size <= limits.output_record_bytes || size - key_len > limits.output_record_bytes {
                 return prediction;
             }
             let error = format!(
-                "the prediction's record would be {size} bytes (key {} bytes), more than the output accepts ({} bytes)",
-                key.map_or(0, <[u8]>::len),
+                "the prediction's record would be {size} bytes (key {key_len} bytes), more than the output accepts ({} bytes)",
                 limits.output_record_bytes
             );
             ("output_too_large", Cow::Owned(error), prediction.headers)
@@ -402,6 +408,18 @@ mod tests {
             Some(&HeaderValue::Number(10_000))
         );
         assert!(r.wire_size() <= 6_000, "{}", r.wire_size());
+    }
+
+    #[test]
+    fn an_output_that_takes_no_prediction_even_without_its_key_is_not_blamed_on_the_input() {
+        // A 10-byte limit: not even `{"value":[0.9]}` with its headers fits. Dead-lettering
+        // would hide a misconfigured topic behind a flood of dead letters; the prediction is
+        // built as is, so the broker's refusal fails the lane and stops the worker loudly.
+        let c = chunk(b"k1", br#"{"value":"a fire"}"#, None);
+        let l = Limits::new(10, 1_000_000, 1_000_000);
+        let r = build(&ORIGIN, &c, &c.records[0], Outcome::Score(0.9), &l);
+        assert_eq!(r.destination, Destination::Output);
+        assert!(r.wire_size() > 10);
     }
 
     #[test]
