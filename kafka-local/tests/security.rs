@@ -38,9 +38,11 @@ fn round_trip(s: &ClientSettings, topic: &str) {
     consumer.assign(&tpl).expect("assign");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        // Earlier round trips on the topic come first: read on to this one's record.
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            assert_eq!(m.payload(), Some(payload.as_bytes()));
-            return;
+            if m.payload() == Some(payload.as_bytes()) {
+                return;
+            }
         }
     }
     panic!("read nothing back through {}", s.line());
