@@ -4,4 +4,4 @@
 //! binary uses every name.
 #![allow(unused_imports)]
 
-pub use kafka_local::{create_topics, create_topics_with, send_waiting, unique, Kafka};
+pub use kafka_local::{create_topics, create_topics_with, repo_root, send_waiting, unique, Kafka};
