@@ -211,7 +211,8 @@ pub fn parse_describe_quorum(body: &[u8], version: i16) -> Result<Quorum, String
     }
     for _ in 0..r.compact_len()? {
         r.compact_str()?;
-        for _ in 0..r.compact_len()? {
+        // The metadata topic has one partition: its quorum is the first partition's.
+        if r.compact_len()? > 0 {
             r.i32()?; // partition_index
             let perr = r.i16()?;
             if version >= 2 {
