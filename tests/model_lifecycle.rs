@@ -116,7 +116,7 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     let d = dirs("reload");
     let w = World::new();
     let live = d.live.to_string_lossy().into_owned();
-    let sc = support::report::Scenario::start(
+    let mut sc = support::report::Scenario::start(
         "model reloads A → B → broken → A while streaming",
         &w.bootstrap(),
         &w.output,
@@ -161,6 +161,7 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     let outs = w.read(&w.output, WAIT, Duration::from_secs(3), |o| {
         want.is_subset(&predicted(o))
     });
+    measure_run(&mut sc, sent, &outs, "the broken model never served");
     assert_every_input_predicted(&want, &outs, &worker.log_text());
     assert_eq!(duplicates(&outs), 0);
     // Per partition, versions follow the reloads: A…A B…B A…A, never the broken model.
@@ -181,7 +182,6 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     }
     assert_scored_by_their_version(&w, &outs, &[&d.a, &d.b]);
     worker.terminate_cleanly(Duration::from_secs(30));
-    report_run(sc, sent, &outs, "the broken model never served");
     let _ = std::fs::remove_dir_all(&d.root);
 }
 

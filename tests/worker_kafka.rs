@@ -134,6 +134,12 @@ fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() 
     let mut restarted = w.start_worker(&[]);
     let want = all_inputs(sent);
     let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
+    measure_run(
+        &mut sc,
+        sent,
+        &outs,
+        format!("{in_flight} in flight at the kill"),
+    );
     assert_every_input_predicted(&want, &outs, &restarted.log_text());
     assert_partition_order(&outs);
     // Only what was in flight, or acknowledged but not yet committed, is scored twice.
@@ -145,12 +151,6 @@ fn kill9_with_outputs_in_flight_never_committed_past_an_unacknowledged_record() 
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &restarted.log_text());
     restarted.sample(&mut sc);
     restarted.terminate_cleanly(Duration::from_secs(30));
-    report_run(
-        sc,
-        sent,
-        &outs,
-        format!("{in_flight} in flight at the kill"),
-    );
 }
 
 #[test]
@@ -199,6 +199,12 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
     let want = all_inputs(sent);
     let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
     let logs = format!("{}\n----\n{}", workers[0].log_text(), workers[1].log_text());
+    measure_run(
+        &mut sc,
+        sent,
+        &outs,
+        format!("{in_flight_at_kills} records in flight at the 20 kills"),
+    );
     assert_every_input_predicted(&want, &outs, &logs);
     assert_partition_order(&outs);
     let dups = duplicates(&outs) as i64;
@@ -213,12 +219,6 @@ fn kill9_twenty_times_under_load_with_two_workers_loses_nothing() {
         let code = worker.terminate(Duration::from_secs(30));
         assert_eq!(code, Some(0), "{}", worker.log_text());
     }
-    report_run(
-        sc,
-        sent,
-        &outs,
-        format!("{in_flight_at_kills} records in flight at the 20 kills"),
-    );
 }
 
 #[test]
@@ -257,6 +257,12 @@ fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
     let want = all_inputs(sent);
     let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
     let logs = format!("{}\n----\n{}", first.log_text(), second.log_text());
+    measure_run(
+        &mut sc,
+        sent,
+        &outs,
+        format!("revoke began with {in_flight} in flight, drained"),
+    );
     assert_every_input_predicted(&want, &outs, &logs);
     assert_partition_order(&outs);
     assert_eq!(
@@ -269,12 +275,6 @@ fn rebalance_with_records_in_flight_drains_them_before_handing_over() {
     second.sample(&mut sc);
     second.terminate_cleanly(Duration::from_secs(30));
     first.terminate_cleanly(Duration::from_secs(30));
-    report_run(
-        sc,
-        sent,
-        &outs,
-        format!("revoke began with {in_flight} in flight, drained"),
-    );
 }
 
 #[test]
@@ -308,9 +308,6 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
     let sent = feeder.stop();
     let want = all_inputs(sent);
     let outs = w.read(&w.output, WAIT, QUIET, |o| want.is_subset(&predicted(o)));
-    assert_every_input_predicted(&want, &outs, &stable.log_text());
-    assert_partition_order(&outs);
-    assert_eq!(duplicates(&outs), 0, "clean hand-overs score nothing twice");
     // The stable worker gave partitions up and got them back, round after round (a joiner
     // may also take over a leaving joiner's partitions directly, so not every round shows).
     let log = stable.log_text();
@@ -318,6 +315,15 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
         log.matches("partition released").count(),
         log.matches("partition assigned").count(),
     );
+    measure_run(
+        &mut sc,
+        sent,
+        &outs,
+        format!("{revokes} revokes and {assigns} assignments in the stable worker"),
+    );
+    assert_every_input_predicted(&want, &outs, &stable.log_text());
+    assert_partition_order(&outs);
+    assert_eq!(duplicates(&outs), 0, "clean hand-overs score nothing twice");
     assert!(
         revokes >= 5 && assigns >= 3 + 5,
         "{revokes} revokes, {assigns} assignments in the stable worker"
@@ -325,12 +331,6 @@ fn group_churn_ten_times_mid_stream_loses_nothing_and_duplicates_nothing() {
     w.wait_for_commits(&ends(sent), Duration::from_secs(30), &stable.log_text());
     stable.sample(&mut sc);
     stable.terminate_cleanly(Duration::from_secs(30));
-    report_run(
-        sc,
-        sent,
-        &outs,
-        format!("{revokes} revokes and {assigns} assignments in the stable worker"),
-    );
 }
 
 #[test]
@@ -349,7 +349,6 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
     let in_flight = wait_in_flight(&worker, 100);
     worker.sample(&mut sc);
     let code = worker.terminate(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{}", worker.log_text());
     feeder.stop();
 
     // Exactly what was committed was predicted: nothing consumed was left unfinished, and
@@ -357,6 +356,22 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
     let committed = w.committed();
     let outs = w.read(&w.output, Duration::from_secs(5), Duration::ZERO, |_| false);
     let done = predicted(&outs);
+    let total: i64 = committed.values().sum();
+    let committed_without_output = committed
+        .iter()
+        .flat_map(|(p, c)| (0..*c).map(move |off| (*p, off)))
+        .filter(|k| !done.contains(k))
+        .count();
+    sc.measured(
+        total as usize,
+        committed_without_output,
+        duplicates(&outs),
+        format!(
+            "{in_flight} in flight at SIGTERM; exit {code:?}; {} predicted, {total} committed",
+            done.len()
+        ),
+    );
+    assert_eq!(code, Some(0), "{}", worker.log_text());
     assert_commits_covered(&committed, &done);
     for (p, off) in &done {
         let c = committed.get(p).copied().unwrap_or(0);
@@ -368,18 +383,11 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
     let summary = worker
         .wait_for_log("stopped: consumed=", Duration::ZERO)
         .expect("summary line");
-    let total: i64 = committed.values().sum();
     assert!(
         summary.contains(&format!("consumed={total} predicted={total} ")),
         "broker: {total} committed and predicted; worker: {summary} ({in_flight} were in flight)"
     );
     assert_eq!(duplicates(&outs), 0);
-    sc.finish(
-        total as usize,
-        0,
-        0,
-        format!("{in_flight} in flight at SIGTERM; exit 0; committed = predicted"),
-    );
 }
 
 #[test]
@@ -494,7 +502,7 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
         }
     }
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).expect("flush");
-    let sc = Scenario::start(
+    let mut sc = Scenario::start(
         "poison: 9 kinds of bad record among 90 tweets",
         &w.bootstrap(),
         &w.output,
@@ -503,6 +511,21 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
     let mut worker = w.start_worker(&[]);
 
     let dlq = w.read(&w.dlq, WAIT, QUIET, |d| d.len() >= expected_dlq.len());
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= good.len());
+    let truncated = dlq
+        .iter()
+        .filter(|d| d.headers.contains_key("dlq-original-size"))
+        .count();
+    sc.measured(
+        good.len() + expected_dlq.len(),
+        good.len().saturating_sub(predicted(&outs).len())
+            + expected_dlq.len().saturating_sub(dlq.len()),
+        duplicates(&outs) + dlq.len().saturating_sub(expected_dlq.len()),
+        format!(
+            "{} dead letters with reasons, {truncated} cut to the topic's limit",
+            dlq.len()
+        ),
+    );
     assert_eq!(dlq.len(), expected_dlq.len(), "{}", worker.log_text());
     for d in &dlq {
         let key = d.key.clone().expect("original key kept");
@@ -528,13 +551,7 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
             None => assert_eq!(d.value, original, "original value kept for {key}"),
         }
     }
-    let truncated = dlq
-        .iter()
-        .filter(|d| d.headers.contains_key("dlq-original-size"))
-        .count();
     assert_eq!(truncated, 1, "only the 999,900-byte record is cut");
-
-    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= good.len());
     assert_eq!(outs.len(), good.len());
     assert!(outs
         .iter()
@@ -544,15 +561,6 @@ fn poison_records_go_to_the_dead_letter_topic_with_reasons_and_nothing_wedges() 
     let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, counts[p as usize])).collect();
     w.wait_for_commits(&ends, Duration::from_secs(20), &worker.log_text());
     worker.terminate_cleanly(Duration::from_secs(30));
-    sc.finish(
-        good.len() + expected_dlq.len(),
-        0,
-        duplicates(&outs),
-        format!(
-            "{} dead letters with reasons, 1 cut to the topic's limit",
-            dlq.len()
-        ),
-    );
 }
 
 fn w_producer(w: &World) -> rdkafka::producer::BaseProducer {
@@ -584,7 +592,7 @@ fn compressed_input_in_every_codec_is_scored() {
             &[("compression.type", codec), ("linger.ms", "50")],
         );
     }
-    let sc = Scenario::start(
+    let mut sc = Scenario::start(
         "input compressed with gzip, snappy, lz4, zstd",
         &w.bootstrap(),
         &w.output,
@@ -593,10 +601,10 @@ fn compressed_input_in_every_codec_is_scored() {
     let mut worker = w.start_worker(&[]);
     let n = per_codec * codecs.len();
     let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= n);
+    measure_run(&mut sc, n, &outs, "300 tweets per codec");
     assert_every_input_predicted(&all_inputs(n), &outs, &worker.log_text());
     assert_eq!(duplicates(&outs), 0);
     worker.terminate_cleanly(Duration::from_secs(30));
-    report_run(sc, n, &outs, "300 tweets per codec");
 }
 
 #[test]
@@ -630,37 +638,57 @@ fn a_dead_letter_topic_that_rejects_large_records_gets_shortened_dead_letters() 
 }
 
 #[test]
+fn an_input_whose_key_makes_its_prediction_too_large_is_dead_lettered_and_the_worker_goes_on() {
+    let w = World::new();
+    let mut worker = an_oversized_key_run(&w, &[], "read_uncommitted");
+    assert!(worker.is_running());
+    let m = worker.metrics();
+    assert_eq!(m["kafka_infer_partition_rewinds_total"], 0.0);
+    worker.terminate_cleanly(Duration::from_secs(30));
+}
+
+#[test]
 fn an_output_topic_that_rejects_every_prediction_stops_the_worker_with_exit_code_3() {
     let w = World::new();
     // No prediction fits in 10 bytes: the broker refuses every one, for good.
     w.set_topic_config(&w.output, "max.message.bytes", "10");
     w.produce(&tweets(30, 0));
+    let mut sc = Scenario::start(
+        "output topic refuses every record (max.message.bytes 10)",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
     let t0 = Instant::now();
     let mut worker = w.start_worker(&["--max-rewinds", "2"]);
     let code = worker.wait_exit(Duration::from_secs(90));
+    let took = t0.elapsed();
+    let committed = w.committed();
+    let outs = w.read(&w.output, Duration::from_secs(2), Duration::ZERO, |_| false);
+    let done = predicted(&outs);
+    // Lost = committed without an output: the 30 inputs without one stay uncommitted, for
+    // the next start to score once the topic is fixed.
+    let committed_without_output = committed
+        .iter()
+        .flat_map(|(p, c)| (0..*c).map(move |off| (*p, off)))
+        .filter(|k| !done.contains(k))
+        .count();
+    sc.measured(
+        30,
+        committed_without_output,
+        duplicates(&outs),
+        format!(
+            "exit code {code:?} after {:.1} s (--max-rewinds 2); {} inputs committed, {} predicted",
+            took.as_secs_f64(),
+            committed.values().sum::<i64>(),
+            done.len()
+        ),
+    );
     assert_eq!(code, Some(3), "{}", worker.log_text());
     let log = worker.log_text();
     assert!(log.contains("is stuck at offset"), "{log}");
-    let took = t0.elapsed();
-    eprintln!("stopped after {took:?}");
-    support::report::report(&support::report::Row {
-        scenario: "output topic refuses every record (max.message.bytes 10)",
-        records: 30,
-        lost: 0,
-        duplicates: 0,
-        longest_stall: took,
-        rss_peak_mib: 0.0,
-        note: format!(
-            "exit code 3 after {:.1} s (--max-rewinds 2); nothing committed",
-            took.as_secs_f64()
-        ),
-    });
     // Nothing was committed past what has no output (nothing has one).
-    assert!(
-        w.committed().values().all(|c| *c == 0),
-        "{:?}",
-        w.committed()
-    );
+    assert!(committed.values().all(|c| *c == 0), "{committed:?}");
 }
 
 #[test]

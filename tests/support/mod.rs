@@ -573,13 +573,14 @@ impl Worker {
         Some((code, body))
     }
 
-    /// Records consumed whose outputs are not acknowledged, from the worker's live counters.
+    /// Records consumed whose outputs are not acknowledged now, from the worker's own
+    /// per-partition gauge (lifetime counters would still count what a rewind or a revoke
+    /// dropped, long after nothing is in flight).
     pub fn in_flight(&self) -> i64 {
-        let m = self.metrics();
-        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-        (get("kafka_infer_records_consumed_total")
-            - get("kafka_infer_records_predicted_total")
-            - get("kafka_infer_records_dead_lettered_total")) as i64
+        self.metrics()
+            .get("kafka_infer_in_flight")
+            .copied()
+            .unwrap_or(0.0) as i64
     }
 }
 
@@ -700,10 +701,12 @@ pub fn assert_commits_covered(committed: &BTreeMap<i32, i64>, done: &HashSet<(i3
     }
 }
 
-/// Reports a scenario whose `sent` tweets (see [`tweets`]) all had to get an output.
-pub fn report_run(sc: report::Scenario, sent: usize, outs: &[Out], note: impl Into<String>) {
+/// Records the figures of a scenario whose `sent` tweets (see [`tweets`]) all had to get an
+/// output — call it before asserting on them: the row is written when `sc` is dropped, passed
+/// or failed (see [`report::Scenario`]).
+pub fn measure_run(sc: &mut report::Scenario, sent: usize, outs: &[Out], note: impl Into<String>) {
     let lost = all_inputs(sent).difference(&predicted(outs)).count();
-    sc.finish(sent, lost, duplicates(outs), note);
+    sc.measured(sent, lost, duplicates(outs), note);
 }
 
 /// Waits until `f()` holds (polling), or panics with `what` at `timeout`.
@@ -713,4 +716,69 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// One bad record must never stop the worker, whatever field of it is too large: 30 tweets,
+/// two of them (offsets 1 of partitions 1 and 2) with 6,000-byte keys, into a worker whose
+/// producer takes records of at most 4,096 bytes (`worker_args` adds the mode). Their
+/// predictions cannot be written; they must become `output_too_large` dead letters (key cut,
+/// original key size in a header), the 28 others be predicted (`isolation` for the reader),
+/// every offset committed, and the worker keep running. Returns the worker, still running.
+pub fn an_oversized_key_run(w: &World, worker_args: &[&str], isolation: &str) -> Worker {
+    let mut records = tweets(30, 0);
+    let big_key = "k".repeat(6_000);
+    for i in [4, 5] {
+        records[i].1 = format!("{}-{big_key}", records[i].1);
+    }
+    let big: HashSet<(i32, i64)> = [4usize, 5]
+        .iter()
+        .map(|i| {
+            (
+                (i % PARTITIONS as usize) as i32,
+                (i / PARTITIONS as usize) as i64,
+            )
+        })
+        .collect();
+    let mut args = vec!["-X", "producer.message.max.bytes=4096"];
+    args.extend_from_slice(worker_args);
+    let mut sc = report::Scenario::start(
+        if isolation == "read_committed" {
+            "exactly-once: two inputs whose 6,000-byte keys make their outputs too large"
+        } else {
+            "two inputs whose 6,000-byte keys make their outputs too large (4,096-byte producer)"
+        },
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
+    let worker = w.start_worker(&args);
+    w.produce(&records);
+    let outs = w.read_isolated(&w.output, isolation, WAIT, Duration::from_secs(1), |o| {
+        o.len() >= 28
+    });
+    let dlq = w.read_isolated(&w.dlq, isolation, WAIT, Duration::from_secs(1), |d| {
+        d.len() >= 2
+    });
+    let scored: HashSet<(i32, i64)> = predicted(&outs).union(&predicted(&dlq)).copied().collect();
+    sc.measured(
+        30,
+        all_inputs(30).difference(&scored).count(),
+        outs.len() + dlq.len() - scored.len(),
+        format!(
+            "{} predictions, {} output_too_large dead letters",
+            outs.len(),
+            dlq.len()
+        ),
+    );
+    let logs = worker.log_text();
+    assert_eq!(predicted(&dlq), big, "{logs}");
+    assert_eq!(outs.len(), 28, "{logs}");
+    assert!(predicted(&outs).is_disjoint(&big));
+    for d in &dlq {
+        assert_eq!(d.headers["dlq-reason"], "output_too_large");
+        assert_eq!(d.headers["dlq-original-key-size"], (6_000 + 4).to_string());
+        assert!(d.key.as_ref().is_some_and(|k| k.len() < 6_000));
+    }
+    w.wait_for_commits(&ends(30), Duration::from_secs(30), &logs);
+    worker
 }

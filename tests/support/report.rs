@@ -14,7 +14,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// Reads a topic from its start in the background and notes when each record arrives.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<Instant>>>,
+    arrivals: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 impl Watcher {
@@ -32,36 +32,35 @@ impl Watcher {
         }
         c.assign(&tpl).expect("assign");
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut arrivals = Vec::new();
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), arrivals.clone());
+        std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
-                    arrivals.push(Instant::now());
+                    a.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Instant::now());
                 }
             }
-            arrivals
         });
-        Watcher {
-            stop,
-            handle: Some(handle),
-        }
+        Watcher { stop, arrivals }
     }
 
-    /// Stops watching; the longest time between two consecutive records, from the first to
-    /// the last that arrived (how long the output stood still while the stream went on).
-    pub fn longest_stall(mut self) -> Duration {
-        self.stop.store(true, Ordering::Relaxed);
-        let arrivals = self
-            .handle
-            .take()
-            .map(|h| h.join().expect("watcher"))
-            .unwrap_or_default();
+    /// The longest time between two consecutive records so far.
+    pub fn longest_stall_so_far(&self) -> Duration {
+        let arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         arrivals
             .windows(2)
             .map(|w| w[1] - w[0])
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Stops watching; the longest time between two consecutive records, from the first to
+    /// the last that arrived (how long the output stood still while the stream went on).
+    pub fn longest_stall(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.longest_stall_so_far()
     }
 }
 
@@ -84,30 +83,47 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One run of one scenario, for the reliability report.
+/// One run of one scenario, for the reliability report. `records`, `lost` and `duplicates`
+/// are `None` when the run failed before measuring them.
 pub struct Row<'a> {
     pub scenario: &'a str,
-    pub records: usize,
-    pub lost: usize,
-    pub duplicates: usize,
+    pub passed: bool,
+    pub records: Option<usize>,
+    pub lost: Option<usize>,
+    pub duplicates: Option<usize>,
     pub longest_stall: Duration,
     pub rss_peak_mib: f64,
     pub note: String,
 }
 
+/// What a run measured, recorded before its assertions judge it.
+struct Measured {
+    records: usize,
+    lost: usize,
+    duplicates: usize,
+    note: String,
+}
+
 /// A scenario being measured: watches the output topic and keeps the workers' peak RSS.
+///
+/// Its row is written when it is dropped — after the test's assertions, whether they passed
+/// or not (a panicking test drops it while unwinding, and the row says `failed`). So the
+/// report shows every run, failures included, with whatever the run measured: call
+/// [`Scenario::measured`] as soon as the figures are known, *before* asserting on them.
 pub struct Scenario {
     name: &'static str,
-    watcher: Watcher,
+    watcher: Option<Watcher>,
     rss_peak_mib: f64,
+    measured: Option<Measured>,
 }
 
 impl Scenario {
     pub fn start(name: &'static str, bootstrap: &str, output: &str, partitions: i32) -> Scenario {
         Scenario {
             name,
-            watcher: Watcher::start(bootstrap, output, partitions),
+            watcher: Some(Watcher::start(bootstrap, output, partitions)),
             rss_peak_mib: 0.0,
+            measured: None,
         }
     }
 
@@ -116,18 +132,58 @@ impl Scenario {
         self.rss_peak_mib = self.rss_peak_mib.max(peak_rss_mib(pid));
     }
 
-    /// Reports the scenario's row.
-    pub fn finish(self, records: usize, lost: usize, duplicates: usize, note: impl Into<String>) {
-        let row = Row {
-            scenario: self.name,
+    /// Records the run's figures (the row is written when the scenario is dropped).
+    pub fn measured(
+        &mut self,
+        records: usize,
+        lost: usize,
+        duplicates: usize,
+        note: impl Into<String>,
+    ) {
+        self.measured = Some(Measured {
             records,
             lost,
             duplicates,
-            longest_stall: self.watcher.longest_stall(),
-            rss_peak_mib: self.rss_peak_mib,
             note: note.into(),
-        };
-        report(&row);
+        });
+    }
+
+    /// The longest the output stood still so far (see [`Watcher`]).
+    pub fn longest_stall(&self) -> Duration {
+        self.watcher
+            .as_ref()
+            .map_or(Duration::ZERO, Watcher::longest_stall_so_far)
+    }
+
+    /// Records the figures and writes the row now.
+    pub fn finish(
+        mut self,
+        records: usize,
+        lost: usize,
+        duplicates: usize,
+        note: impl Into<String>,
+    ) {
+        self.measured(records, lost, duplicates, note);
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let stall = self
+            .watcher
+            .take()
+            .map_or(Duration::ZERO, Watcher::longest_stall);
+        let m = self.measured.take();
+        report(&Row {
+            scenario: self.name,
+            passed: !std::thread::panicking(),
+            records: m.as_ref().map(|m| m.records),
+            lost: m.as_ref().map(|m| m.lost),
+            duplicates: m.as_ref().map(|m| m.duplicates),
+            longest_stall: stall,
+            rss_peak_mib: self.rss_peak_mib,
+            note: m.map_or_else(|| "failed before measuring".to_owned(), |m| m.note),
+        });
     }
 }
 
@@ -135,6 +191,7 @@ impl Scenario {
 pub fn report(row: &Row<'_>) {
     let line = serde_json::json!({
         "scenario": row.scenario,
+        "passed": row.passed,
         "records": row.records,
         "lost": row.lost,
         "duplicates": row.duplicates,

@@ -110,6 +110,10 @@ impl ProducerContext for Deliveries {
 }
 
 impl Deliveries {
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     pub fn new(shared: Arc<Shared>, lane: Option<Arc<Lane>>) -> Deliveries {
         Deliveries {
             shared,

@@ -168,7 +168,12 @@ fn retrying<T>(
                 if err.kind != ErrorKind::Retriable || Instant::now() >= deadline || stop() {
                     return Err(err);
                 }
-                tracing::debug!(partition, "{op}: {err}; calling again");
+                producer
+                    .context()
+                    .metrics()
+                    .transaction_calls_resumed_total
+                    .inc();
+                tracing::info!(partition, "{op}: {err}; calling again to resume it");
             }
         }
     }
