@@ -18,8 +18,11 @@ const EOS: [&str; 4] = [
     "100",
 ];
 
+/// An exactly-once worker; `extra` may set its own `--transaction-interval-ms`.
 fn eos_worker(w: &World, extra: &[&str]) -> Worker {
-    let args: Vec<&str> = EOS.iter().chain(extra).copied().collect();
+    let own_interval = extra.contains(&"--transaction-interval-ms");
+    let defaults = if own_interval { &EOS[..2] } else { &EOS[..] };
+    let args: Vec<&str> = defaults.iter().chain(extra).copied().collect();
     w.start_worker(&args)
 }
 
@@ -178,10 +181,11 @@ fn a_zombie_worker_is_fenced_and_its_late_writes_are_never_visible() {
         other.log_text().matches("partition assigned").count() >= 3
     });
     zombie.signal("CONT");
-    // Woken up, the zombie still holds records it produced into now-fenced transactions.
+    // Woken up, the zombie still holds records it produced into transactions whose ids the
+    // other worker's producers took over (fencing them); it learns it lost its partitions.
     zombie
-        .wait_for_log("enced", WAIT)
-        .expect("the zombie learns it was fenced");
+        .wait_for_log("lost=true", WAIT)
+        .expect("the zombie learns it lost its partitions");
     std::thread::sleep(Duration::from_secs(2));
     let sent = feeder.stop();
     let logs = format!(
@@ -273,4 +277,139 @@ fn an_owner_fenced_by_a_stranger_takes_its_partition_back_and_stays_exactly_once
     assert!(worker.is_running(), "{}", worker.log_text());
     assert_exactly_once(&w, sc, sent, &worker.log_text());
     worker.terminate_cleanly(Duration::from_secs(30));
+}
+
+#[test]
+fn upstream_records_of_an_aborted_transaction_are_never_scored() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let w = World::new();
+    // Upstream writes transactionally: 30 tweets committed, 12 more in an aborted transaction
+    // between them. The worker reads read_committed: the aborted ones do not exist for it.
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", w.bootstrap())
+        .set("transactional.id", support::kafka::unique("upstream"))
+        .create()
+        .expect("producer");
+    p.init_transactions(Duration::from_secs(30)).expect("init");
+    let txn = |records: &[(i32, String, Vec<u8>)], commit: bool| {
+        p.begin_transaction().expect("begin");
+        for (part, key, value) in records {
+            let rec = BaseRecord::to(&w.input)
+                .partition(*part)
+                .key(key)
+                .payload(value);
+            support::kafka::send_waiting(&p, rec).expect("send");
+        }
+        p.flush(Duration::from_secs(30)).expect("flush");
+        if commit {
+            p.commit_transaction(Duration::from_secs(30))
+                .expect("commit");
+        } else {
+            p.abort_transaction(Duration::from_secs(30)).expect("abort");
+        }
+    };
+    let mut aborted = tweets(12, 100);
+    for r in &mut aborted {
+        r.1 = format!("aborted-{}", r.1);
+    }
+    txn(&tweets(15, 0), true);
+    txn(&aborted, false);
+    txn(&tweets(15, 15), true);
+    let mut worker = eos_worker(&w, &[]);
+    let outs = w.read_isolated(
+        &w.output,
+        "read_committed",
+        WAIT,
+        Duration::from_secs(3),
+        |o| o.len() >= 30,
+    );
+    let logs = worker.log_text();
+    assert_eq!(outs.len(), 30, "{logs}");
+    assert!(
+        outs.iter()
+            .all(|o| !o.key.as_deref().unwrap_or_default().starts_with("aborted")),
+        "an aborted upstream record was scored"
+    );
+    assert_eq!(
+        worker.metrics()["kafka_infer_records_dead_lettered_total"],
+        0.0
+    );
+    worker.terminate_cleanly(Duration::from_secs(30));
+}
+
+#[test]
+fn exactly_once_poison_records_are_dead_lettered_inside_the_transactions() {
+    let w = World::new();
+    let mut records = tweets(60, 0);
+    // Every tenth record is not JSON: a dead letter, committed in the same transactions.
+    for r in records.iter_mut().step_by(10) {
+        r.1 = format!("poison-{}", r.1);
+        r.2 = b"{not json".to_vec();
+    }
+    w.produce(&records);
+    let mut worker = eos_worker(&w, &[]);
+    let outs = w.read_isolated(
+        &w.output,
+        "read_committed",
+        WAIT,
+        Duration::from_secs(2),
+        |o| o.len() >= 54,
+    );
+    let dlq = w.read_isolated(
+        &w.dlq,
+        "read_committed",
+        WAIT,
+        Duration::from_secs(2),
+        |d| d.len() >= 6,
+    );
+    let logs = worker.log_text();
+    assert_eq!((outs.len(), dlq.len()), (54, 6), "{logs}");
+    assert!(dlq
+        .iter()
+        .all(|d| d.headers["dlq-reason"] == "invalid_json"));
+    let all: std::collections::HashSet<_> =
+        predicted(&outs).union(&predicted(&dlq)).copied().collect();
+    assert_eq!(all, all_inputs(60));
+    w.wait_for_commits(&ends(60), Duration::from_secs(30), &logs);
+    worker.terminate_cleanly(Duration::from_secs(30));
+}
+
+#[test]
+fn exactly_once_sigterm_with_an_open_transaction_commits_exactly_what_was_predicted() {
+    let w = World::new();
+    let feeder = w.feed(500);
+    // Transactions stay open 20 s: at SIGTERM (a few seconds in) one holds records for sure,
+    // and nothing was committed yet (checked below).
+    let mut worker = eos_worker(&w, &["--transaction-interval-ms", "20000"]);
+    w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 300);
+    let uncommitted = w.read(&w.output, Duration::from_secs(3), Duration::ZERO, |_| false);
+    let committed_before = w.read_isolated(
+        &w.output,
+        "read_committed",
+        Duration::from_secs(3),
+        Duration::ZERO,
+        |_| false,
+    );
+    assert!(
+        uncommitted.len() > committed_before.len(),
+        "no open transaction at SIGTERM"
+    );
+    let code = worker.terminate(Duration::from_secs(30));
+    feeder.stop();
+    let committed = w.committed();
+    let outs = w.read_isolated(
+        &w.output,
+        "read_committed",
+        Duration::from_secs(5),
+        Duration::ZERO,
+        |_| false,
+    );
+    assert_eq!(code, Some(0), "{}", worker.log_text());
+    assert_eq!(duplicates(&outs), 0);
+    // What is committed is exactly what a read_committed reader sees.
+    let want: std::collections::HashSet<(i32, i64)> = committed
+        .iter()
+        .flat_map(|(p, c)| (0..*c).map(move |o| (*p, o)))
+        .collect();
+    assert_eq!(predicted(&outs), want);
 }

@@ -226,6 +226,9 @@ fn a_shadow_model_scores_beside_the_live_one_into_its_own_topic() {
     let mut worker = w.start_worker(&["--shadow-model-dir", &b]);
     let live = w.read(&w.output, WAIT, Duration::from_secs(2), |o| o.len() >= n);
     assert_eq!(live.len(), n);
+    // The shadow scores beside, never in the way: live outputs keep each partition's order.
+    assert_partition_order(&live);
+    assert_eq!(duplicates(&live), 0);
     let (va, vb) = (
         Classifier::load(&d.a).expect("model").version().to_owned(),
         Classifier::load(&d.b).expect("model").version().to_owned(),

@@ -31,7 +31,9 @@ pub enum Command {
     ///
     /// Reads {"value": "<tweet>"} records from the input topic (one thread per assigned
     /// partition), scores them in batches, and writes {"value":[score]} to the same partition of
-    /// the output topic with the input's key and timestamp and headers model-version,
+    /// the output topic (when the output has fewer partitions than the input: to the partition
+    /// of the key's hash, and records without a key are spread over all partitions, so their
+    /// order is not kept) with the input's key and timestamp and headers model-version,
     /// source-topic, source-partition, source-offset. Records that cannot be scored go to the
     /// dead-letter topic with headers dlq-reason / dlq-error. An input offset is committed only
     /// once its output is acknowledged by the broker (at-least-once), or in the same transaction
@@ -42,7 +44,8 @@ pub enum Command {
     ///
     /// Exit codes: 0 stopped cleanly (everything consumed was delivered and committed); 1 a
     /// start-up error (bad flag, broker unreachable, topic missing, bad model); 2 stopped with
-    /// records undelivered (they are re-processed after a restart); 3 stopped because something
+    /// records undelivered or progress not committed (a failed final commit: the records after
+    /// the last commit are re-processed after a restart); 3 stopped because something
     /// could not be handled (a partition that cannot make progress, a fatal client error).
     Run(Box<RunArgs>),
     /// Zero-setup demo: an in-process DEMO broker (librdkafka's mock cluster), the real worker,
