@@ -357,11 +357,7 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
     let outs = w.read(&w.output, Duration::from_secs(5), Duration::ZERO, |_| false);
     let done = predicted(&outs);
     let total: i64 = committed.values().sum();
-    let committed_without_output = committed
-        .iter()
-        .flat_map(|(p, c)| (0..*c).map(move |off| (*p, off)))
-        .filter(|k| !done.contains(k))
-        .count();
+    let committed_without_output = committed_without_output(&committed, &done);
     sc.measured(
         total as usize,
         committed_without_output,
@@ -668,11 +664,7 @@ fn an_output_topic_that_rejects_every_prediction_stops_the_worker_with_exit_code
     let done = predicted(&outs);
     // Lost = committed without an output: the 30 inputs without one stay uncommitted, for
     // the next start to score once the topic is fixed.
-    let committed_without_output = committed
-        .iter()
-        .flat_map(|(p, c)| (0..*c).map(move |off| (*p, off)))
-        .filter(|k| !done.contains(k))
-        .count();
+    let committed_without_output = committed_without_output(&committed, &done);
     sc.measured(
         30,
         committed_without_output,

@@ -689,6 +689,19 @@ pub fn assert_partition_order(outs: &[Out]) {
     }
 }
 
+/// How many input offsets below the committed ones have no output in `done` (lost, for a
+/// scenario that commits only what was delivered).
+pub fn committed_without_output(
+    committed: &BTreeMap<i32, i64>,
+    done: &HashSet<(i32, i64)>,
+) -> usize {
+    committed
+        .iter()
+        .flat_map(|(p, c)| (0..*c).map(move |off| (*p, off)))
+        .filter(|k| !done.contains(k))
+        .count()
+}
+
 /// Every input offset below each committed offset has an output.
 pub fn assert_commits_covered(committed: &BTreeMap<i32, i64>, done: &HashSet<(i32, i64)>) {
     for (p, c) in committed {
