@@ -21,6 +21,8 @@ use prometheus_client::registry::Registry;
 
 use crate::model::drift::Drift;
 use crate::obs::cpu::{CpuAccount, Efficiency};
+use crate::obs::drain::{time_to_drain, Throughput};
+use crate::obs::exposition::{self, Format};
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +89,13 @@ pub struct Metrics {
     committed: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
     in_flight: Family<Labels, Gauge>,
+    /// Per partition: seconds with records in flight and no output acknowledged.
+    stalled: Family<Labels, Gauge<f64, AtomicU64>>,
     pub in_flight_bytes: Gauge,
+    /// 1 while `/healthz` would answer 200 (set by the endpoint at each scrape).
+    pub healthy: Gauge,
+    /// The lag per partition and the recent throughput, for the time to drain.
+    drain: Mutex<DrainState>,
     model_info: Family<Labels, Gauge>,
     pub shadow_shed_total: Counter,
     pub shadow_scored_total: Counter,
@@ -115,6 +123,32 @@ fn new_hdr() -> Hdr<u64> {
     // 1 µs to 1 hour at 3 significant digits (~190 KB). Fixed bounds, because
     // `saturating_record` clamps to the current range instead of growing an auto-resizing one.
     Hdr::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+/// What the time to drain is computed from: the last lag of each owned partition (the gauges
+/// cannot be read back) and the recent throughput.
+#[derive(Default)]
+struct DrainState {
+    lags: std::collections::BTreeMap<i32, i64>,
+    throughput: Throughput,
+}
+
+/// `kafka_infer_time_to_drain_seconds`, when known (a gap otherwise, not a fake value).
+fn render_time_to_drain(out: &mut String, seconds: Option<f64>) {
+    let Some(seconds) = seconds else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "# HELP kafka_infer_time_to_drain_seconds Seconds to clear the consumer lag at the last minute's throughput (records acknowledged per second): 0 without lag, +Inf with lag and no throughput, absent until 10 s of throughput are known."
+    );
+    let _ = writeln!(out, "# TYPE kafka_infer_time_to_drain_seconds gauge");
+    let value = if seconds.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        format!("{seconds}")
+    };
+    let _ = writeln!(out, "kafka_infer_time_to_drain_seconds {value}");
 }
 
 /// A model version whose drift statistics are exposed, if any.
@@ -315,6 +349,8 @@ const PARTITION_GAUGES: [(&str, &str); 3] = [
 /// The remaining families, registered together.
 struct Fam {
     in_flight_bytes: Gauge,
+    healthy: Gauge,
+    stalled: Family<Labels, Gauge<f64, AtomicU64>>,
     model_info: Family<Labels, Gauge>,
     shadow_agreement: Family<Labels, Gauge<f64, AtomicU64>>,
     shadow_mean_abs_diff: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -326,6 +362,8 @@ impl Fam {
     fn register(registry: &mut Registry, model_version: &str) -> Fam {
         let f = Fam {
             in_flight_bytes: Gauge::default(),
+            healthy: Gauge::default(),
+            stalled: Family::default(),
             model_info: Family::default(),
             shadow_agreement: Family::default(),
             shadow_mean_abs_diff: Family::default(),
@@ -336,6 +374,16 @@ impl Fam {
             "in_flight_bytes",
             "Bytes held by records between consumption and production (bounded by --max-in-flight-bytes)",
             f.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "healthy",
+            "1 while /healthz answers 200, 0 while it answers 503 (evaluated at each scrape)",
+            f.healthy.clone(),
+        );
+        registry.register(
+            "partition_stalled_seconds",
+            "Seconds the input partition has had records in flight without any output acknowledged (0 while outputs are acknowledged or nothing is in flight)",
+            f.stalled.clone(),
         );
         f.model_info
             .get_or_create(&vec![("version", model_version.to_owned())])
@@ -360,6 +408,14 @@ impl Fam {
             "Model reloads by result: ok (swapped in) or rejected (failed validation; the live model kept serving)",
             f.reloads.clone(),
         );
+        // Both results exist from the start at 0, so the first rejection is an increase that
+        // increase() and rate() see (a series born at 1 is not).
+        for result in ["ok", "rejected"] {
+            drop(
+                f.reloads
+                    .get_or_create(&vec![("result", result.to_owned())]),
+            );
+        }
         registry.register(
             "records_per_cpu_second",
             "Records acknowledged (predictions and dead letters) per CPU second of the whole process, over the last log interval",
@@ -425,7 +481,10 @@ impl Metrics {
             committed,
             lag,
             in_flight,
+            stalled: f.stalled,
             in_flight_bytes: f.in_flight_bytes,
+            healthy: f.healthy,
+            drain: Mutex::default(),
             model_info: f.model_info,
             shadow_shed_total,
             shadow_scored_total,
@@ -492,6 +551,28 @@ impl Metrics {
 
     pub fn set_lag(&self, partition: i32, lag: i64) {
         self.lag.get_or_create(&partition_label(partition)).set(lag);
+        lock(&self.drain).lags.insert(partition, lag);
+    }
+
+    /// How long `partition` has had records in flight without an acknowledgement (`None`:
+    /// nothing in flight).
+    pub fn set_stalled(&self, partition: i32, stalled: Option<Duration>) {
+        self.stalled
+            .get_or_create(&partition_label(partition))
+            .set(stalled.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// Samples the records acknowledged so far (predictions and dead letters), for the recent
+    /// throughput behind the time to drain. Called by the coordinator loop.
+    pub fn observe_throughput(&self, now: Instant) {
+        let done = self.predicted_total.get() + self.dead_lettered_total.get();
+        lock(&self.drain).throughput.observe(now, done);
+    }
+
+    /// Seconds to clear the current lag at the recent throughput (see [`crate::obs::drain`]).
+    pub fn time_to_drain(&self) -> Option<f64> {
+        let d = lock(&self.drain);
+        time_to_drain(d.lags.values().sum(), d.throughput.rate())
     }
 
     pub fn set_in_flight(&self, partition: i32, records: usize) {
@@ -505,6 +586,8 @@ impl Metrics {
         self.committed.remove(&l);
         self.lag.remove(&l);
         self.in_flight.remove(&l);
+        self.stalled.remove(&l);
+        lock(&self.drain).lags.remove(&partition);
     }
 
     pub fn model_version(&self) -> &str {
@@ -548,6 +631,14 @@ impl Metrics {
         lock(&self.drift)[role as usize] = Some((version.to_owned(), drift));
     }
 
+    /// The exposition in `format` (see [`crate::obs::exposition`]).
+    pub fn render_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.render(),
+            Format::Text => exposition::to_text(&self.render()),
+        }
+    }
+
     /// The OpenMetrics text exposition (which Prometheus scrapes).
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(16384);
@@ -556,6 +647,7 @@ impl Metrics {
         let watched = lock(&self.drift).clone();
         let mut d = String::with_capacity(4096);
         render_cpu(&mut d, &self.cpu.sample());
+        render_time_to_drain(&mut d, self.time_to_drain());
         render_drift(&mut d, &watched);
         let at = s.rfind("# EOF").unwrap_or(s.len());
         s.insert_str(at, &d);
@@ -647,6 +739,75 @@ mod tests {
             "{}",
             m.summary_line()
         );
+    }
+
+    #[test]
+    fn stalled_partitions_health_and_time_to_drain_are_exposed_and_follow_revocation() {
+        let m = Metrics::new("abc123");
+        let text = m.render();
+        // Nothing to drain yet; both reload results at 0.
+        assert!(
+            text.contains("kafka_infer_time_to_drain_seconds 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("kafka_infer_model_reloads_total{result=\"rejected\"} 0\n"));
+        m.healthy.set(1);
+        m.set_stalled(0, Some(Duration::from_millis(2500)));
+        m.set_stalled(1, None);
+        m.set_lag(0, 3000);
+        m.set_lag(1, 1000);
+        // Lag, but no throughput known yet: no time to drain (a gap, not a guess).
+        assert!(!m.render().contains("kafka_infer_time_to_drain_seconds "));
+        let t0 = Instant::now();
+        m.observe_throughput(t0);
+        m.predicted_total.inc_by(150);
+        m.dead_lettered_total.inc_by(50);
+        m.observe_throughput(t0 + Duration::from_secs(10));
+        // 200 records in 10 s = 20/s; 4,000 records of lag = 200 s.
+        assert_eq!(m.time_to_drain(), Some(200.0));
+        let text = m.render();
+        for want in [
+            "kafka_infer_healthy 1\n",
+            "kafka_infer_partition_stalled_seconds{partition=\"0\"} 2.5\n",
+            "kafka_infer_partition_stalled_seconds{partition=\"1\"} 0.0\n",
+            "# TYPE kafka_infer_time_to_drain_seconds gauge\n",
+            "kafka_infer_time_to_drain_seconds 200\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        // A revoked partition's lag no longer counts, and its series go.
+        m.remove_partition(0);
+        assert_eq!(m.time_to_drain(), Some(50.0));
+        assert!(!m.render().contains("partition=\"0\""));
+        // No progress at all over the window: lag that will never drain.
+        m.observe_throughput(t0 + Duration::from_secs(80));
+        assert_eq!(m.time_to_drain(), Some(f64::INFINITY));
+        assert!(m
+            .render()
+            .contains("kafka_infer_time_to_drain_seconds +Inf\n"));
+    }
+
+    #[test]
+    fn the_text_format_has_help_and_type_on_every_counter_sample() {
+        let m = Metrics::new("abc123");
+        let text = m.render_as(Format::Text);
+        for (name, _) in COUNTERS {
+            let sample = format!("kafka_infer_{name}_total");
+            assert!(
+                text.contains(&format!("# HELP {sample} ")),
+                "{sample}:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {sample} counter\n")),
+                "{sample}"
+            );
+        }
+        assert!(text.contains("# TYPE kafka_infer_cpu_seconds_total counter\n"));
+        assert!(!text.contains("# EOF"));
+        let om = m.render_as(Format::OpenMetrics);
+        assert!(om.contains("# TYPE kafka_infer_records_consumed counter\n"));
+        assert!(om.ends_with("# EOF\n"));
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
             producer.set(k, v);
         }
     }
+    // Only the consumer's statistics are read (for the lag); the producers' contexts would hand
+    // theirs to rdkafka's default, which logs each (kilobytes) at INFO. So even a plain
+    // `-X statistics.interval.ms=…` stays out of the log.
+    producer.remove("statistics.interval.ms");
     (consumer, producer)
 }
 
@@ -112,6 +116,20 @@ mod tests {
         let e = check_properties(&props("consumer.enable.auto.commit")).expect_err("reserved");
         assert!(e.to_string().contains("acknowledged"), "{e}");
         assert!(check_properties(&props("acks")).is_err());
+    }
+
+    #[test]
+    fn statistics_are_requested_from_the_consumer_only_even_when_set_for_both() {
+        let cfg = WorkerConfig {
+            client_properties: vec![("statistics.interval.ms".into(), "1000".into())],
+            ..WorkerConfig::default()
+        };
+        let (c, p) = client_configs(&cfg);
+        assert_eq!(c.get("statistics.interval.ms"), Some("1000"));
+        assert_eq!(p.get("statistics.interval.ms"), None);
+        let (c, p) = client_configs(&WorkerConfig::default());
+        assert_eq!(c.get("statistics.interval.ms"), Some("5000"), "for the lag");
+        assert_eq!(p.get("statistics.interval.ms"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The main thread's loop while the worker runs: it polls the consumer (rebalances run here),
-//! commits at-least-once progress, updates the gauges, logs a summary line — and `/healthz`
-//! asks it (and the partitions) whether the worker is healthy.
+//! commits at-least-once progress, updates the gauges (in flight, stalled partitions, the
+//! throughput behind the time to drain), logs a summary line — and `/healthz` asks it (and the
+//! partitions) whether the worker is healthy.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,6 +16,7 @@ use crate::kafka::source::{commit, SourceConsumer};
 use crate::kafka::Guarantee;
 use crate::obs::http::HealthCheck;
 use crate::obs::metrics::Metrics;
+use crate::pipeline::lane::Lane;
 
 /// What the loop and the health check share.
 pub struct Liveness {
@@ -71,10 +73,7 @@ pub fn run(
             if cfg.guarantee == Guarantee::AtLeastOnce {
                 commit::commit_async(consumer, &lanes, metrics);
             }
-            for lane in &lanes {
-                metrics.set_in_flight(lane.partition, lane.tracker.in_flight());
-            }
-            metrics.in_flight_bytes.set(pipeline.budget.used() as i64);
+            update_gauges(&lanes, pipeline, metrics);
             last_commit = Instant::now();
         }
         if last_log.elapsed() >= cfg.log_interval {
@@ -89,6 +88,18 @@ pub fn run(
             shutdown.fail("an internal pipeline thread stopped unexpectedly");
         }
     }
+}
+
+/// The gauges the coordinator owns, every commit interval: per partition its records in flight
+/// and how long it has gone without an acknowledgement (what `KafkaInferPartitionStalled`
+/// alerts on); the bytes in flight; and a throughput sample for the time to drain.
+fn update_gauges(lanes: &[Arc<Lane>], pipeline: &Pipeline, metrics: &Metrics) {
+    for lane in lanes {
+        metrics.set_in_flight(lane.partition, lane.tracker.in_flight());
+        metrics.set_stalled(lane.partition, lane.tracker.stalled_for());
+    }
+    metrics.in_flight_bytes.set(pipeline.budget.used() as i64);
+    metrics.observe_throughput(Instant::now());
 }
 
 /// `/healthz`: healthy while the main loop runs, nothing fatal happened, and no partition has

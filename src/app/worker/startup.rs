@@ -1,8 +1,11 @@
 //! Start-up checks, before anything runs: the flags against each other and against librdkafka's
 //! own bounds, then the broker and the topics — with bounded waits, so a wrong address or a
-//! missing topic is one clear error (exit code 1) instead of a worker that silently waits.
+//! missing topic is one clear error (exit code 1) instead of a worker that silently waits. A
+//! broker that refuses the client (wrong SASL credentials, an untrusted TLS certificate) is
+//! reported as that, at once, from librdkafka's error codes.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -11,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::clients::number;
 use super::WorkerConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 use crate::kafka::sink::record::{Limits, KAFKA_DEFAULT_MAX_MESSAGE_BYTES};
 use crate::kafka::Guarantee;
 use crate::model::files::ModelFiles;
@@ -64,16 +67,39 @@ pub fn check(cfg: &WorkerConfig, consumer: &ClientConfig, producer: &ClientConfi
 }
 
 /// The start-up probe's context: its connection errors are reported as the one start-up error
-/// line, not also as librdkafka log lines.
-struct QuietContext;
+/// line, not also as librdkafka log lines (nor statistics, should -X turn them on). It keeps the
+/// first refusal among them (see [`Refusal`]), with librdkafka's description.
+#[derive(Default)]
+struct ProbeContext {
+    refused: Mutex<Option<(Refusal, String)>>,
+}
 
-impl rdkafka::ClientContext for QuietContext {
+impl ProbeContext {
+    fn refusal(&self) -> Option<(Refusal, String)> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl rdkafka::ClientContext for ProbeContext {
     fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
-    fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let Some(refusal) = error.rdkafka_error_code().and_then(Refusal::from_code) else {
+            return;
+        };
+        let mut first = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some((refusal, reason.trim().to_owned()));
+        }
+    }
     fn stats(&self, _: rdkafka::Statistics) {}
 }
 
-impl rdkafka::consumer::ConsumerContext for QuietContext {}
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+type Probe = BaseConsumer<ProbeContext>;
 
 /// Asks the broker about the topics (and loads the shadow model, if any). The probe is a
 /// consumer: its metadata requests never auto-create a mistyped topic.
@@ -86,7 +112,7 @@ pub fn probe(
     probe_cfg
         .set("allow.auto.create.topics", "false")
         .remove("statistics.interval.ms");
-    let probe: BaseConsumer<QuietContext> = probe_cfg.create_with_context(QuietContext)?;
+    let probe: Probe = probe_cfg.create_with_context(ProbeContext::default())?;
     let count = |topic: &str, what: &str| {
         partition_count(&probe, &cfg.brokers, topic, what, cfg.startup_timeout)
     };
@@ -135,19 +161,50 @@ fn limits(cfg: &WorkerConfig, consumer: &ClientConfig, producer: &ClientConfig) 
     )
 }
 
+/// Metadata of `topic`, asked for in short attempts until `timeout`: between attempts the probe
+/// serves its error events, and a refusal ends the wait at once with its cause.
+fn metadata(
+    probe: &Probe,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(500));
+        let err = match probe.fetch_metadata(Some(topic), attempt) {
+            Ok(md) => return Ok(md),
+            Err(e) => e,
+        };
+        // Error events reach the context when the probe is polled (it has no subscription, so
+        // polling reads nothing else).
+        while probe.poll(Duration::ZERO).is_some() {}
+        if let Some((refusal, reason)) = probe.context().refusal() {
+            return Err(Error::Refused {
+                brokers: brokers.to_owned(),
+                refusal,
+                reason,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Config(format!(
+                "cannot reach Kafka at {brokers} within {timeout:?}: {err}"
+            )));
+        }
+    }
+}
+
 /// Partition count of `topic`, or a one-line error naming what is wrong.
 fn partition_count(
-    probe: &BaseConsumer<QuietContext>,
+    probe: &Probe,
     brokers: &str,
     topic: &str,
     what: &str,
     timeout: Duration,
 ) -> Result<usize> {
-    let md = probe.fetch_metadata(Some(topic), timeout).map_err(|e| {
-        Error::Config(format!(
-            "cannot reach Kafka at {brokers} within {timeout:?}: {e}"
-        ))
-    })?;
+    let md = metadata(probe, brokers, topic, timeout)?;
     let missing = || {
         Error::Config(format!(
             "{what} topic '{topic}' does not exist on {brokers}"
