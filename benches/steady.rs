@@ -277,6 +277,8 @@ fn python() -> Result<PathBuf, String> {
 fn warm_broker(loadgen: &Path, bootstrap: &str) {
     let topic = unique("steady-warm");
     create_topics(bootstrap, &[(&topic, PARTITIONS)]);
+    // A new partition can refuse ListOffsets (NotLeaderForPartition) for a while on a loaded broker.
+    std::thread::sleep(Duration::from_secs(3));
     let out = Command::new(loadgen)
         .args(["--brokers", bootstrap, "--input-topic", &topic])
         .args([
@@ -382,6 +384,8 @@ fn steady_run(
         bootstrap,
         &[(&input, PARTITIONS), (&output, PARTITIONS), (&dlq, 1)],
     );
+    // A new partition can refuse ListOffsets (NotLeaderForPartition) for a while on a loaded broker.
+    std::thread::sleep(Duration::from_secs(3));
     let log = out_dir.join(format!("{group}.log"));
     let mut child = start(c, bootstrap, &input, &output, &dlq, &group, &log);
     let warmup_ms = (3_000_000.0 / rate).clamp(1_000.0, 10_000.0) as u64;
@@ -479,6 +483,8 @@ fn steady_run(
 fn drain_run(c: &Contender, bootstrap: &str, input: &str, n: usize) -> Row {
     let (output, dlq, group) = (unique("dr-out"), unique("dr-dlq"), unique("dr"));
     create_topics(bootstrap, &[(&output, PARTITIONS), (&dlq, 1)]);
+    // A new partition can refuse ListOffsets (NotLeaderForPartition) for a while on a loaded broker.
+    std::thread::sleep(Duration::from_secs(3));
     let reader = reader(bootstrap, &output);
     let log = target_dir().join("steady").join(format!("{group}.log"));
     let mut child = start(c, bootstrap, input, &output, &dlq, &group, &log);
