@@ -689,6 +689,11 @@ pub fn assert_partition_order(outs: &[Out]) {
     }
 }
 
+/// An exit code as a report shows it: the number, or that the process had not exited.
+pub fn exit_text(code: Option<i32>) -> String {
+    code.map_or_else(|| "none (still running)".to_string(), |c| c.to_string())
+}
+
 /// How many input offsets below the committed ones have no output in `done` (lost, for a
 /// scenario that commits only what was delivered).
 pub fn committed_without_output(
