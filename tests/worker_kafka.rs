@@ -363,7 +363,8 @@ fn sigterm_with_records_in_flight_delivers_and_commits_exactly_them_then_exits_0
         committed_without_output,
         duplicates(&outs),
         format!(
-            "{in_flight} in flight at SIGTERM; exit {code:?}; {} predicted, {total} committed",
+            "{in_flight} in flight at SIGTERM; exit {}; {} predicted, {total} committed",
+            exit_text(code),
             done.len()
         ),
     );
@@ -670,7 +671,8 @@ fn an_output_topic_that_rejects_every_prediction_stops_the_worker_with_exit_code
         committed_without_output,
         duplicates(&outs),
         format!(
-            "exit code {code:?} after {:.1} s (--max-rewinds 2); {} inputs committed, {} predicted",
+            "exit code {} after {:.1} s (--max-rewinds 2); {} inputs committed, {} predicted",
+            exit_text(code),
             took.as_secs_f64(),
             committed.values().sum::<i64>(),
             done.len()
@@ -814,5 +816,48 @@ fn a_mistyped_topic_is_reported_not_created_on_a_broker_that_auto_creates_topics
     assert!(
         !topics().contains(&typo),
         "the worker created the mistyped topic"
+    );
+}
+
+/// A worker that cannot get into its group must not idle for ever. The group's only other
+/// member owns every partition and is frozen (SIGSTOP) with a 5-minute session and rebalance
+/// timeout, so the rebalance the worker's JoinGroup starts cannot finish for 5 minutes: the
+/// worker stays without a partition, its membership unsettled, the coordinator up. Past its
+/// bound (the tests' 15 s poll interval + 6 s session + 60 s) it stops with exit code 3 and
+/// says why, long before the group would have let it in.
+#[test]
+fn a_worker_kept_out_of_its_group_past_the_bound_stops_loudly_with_exit_code_3() {
+    let w = World::new();
+    w.produce(&tweets(30, 0));
+    let hold = [
+        "-X",
+        "consumer.session.timeout.ms=300000",
+        "-X",
+        "consumer.max.poll.interval.ms=300000",
+    ];
+    let mut holder = w.start_worker(&hold);
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= 30);
+    assert_eq!(predicted(&outs).len(), 30, "{}", holder.log_text());
+    holder.signal("STOP");
+    let t0 = Instant::now();
+    let mut worker = w.start_worker(&[]);
+    let code = worker.wait_exit(Duration::from_secs(240));
+    let took = t0.elapsed();
+    holder.signal("CONT");
+    holder.kill9();
+    let log = worker.log_text();
+    assert!(
+        !log.contains("partition assigned"),
+        "the worker got into the group, so the test did not create its condition:\n{log}"
+    );
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.contains("owned no partition and not rejoined its group"),
+        "{log}"
+    );
+    // Stopped past its bound (81 s), and well before the group would have let it in (300 s).
+    assert!(
+        took >= Duration::from_secs(81) && took < Duration::from_secs(200),
+        "stopped after {took:?}:\n{log}"
     );
 }

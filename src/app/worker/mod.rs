@@ -35,6 +35,7 @@ use self::startup::{Topology, COMMIT_TIMEOUT};
 use crate::app::shutdown::Shutdown;
 use crate::batching::ChunkSender;
 use crate::error::Result;
+use crate::kafka::source::group::GroupWatch;
 use crate::kafka::source::{Released, Source, SourceConfig, SourceConsumer, SourceShared};
 use crate::model::live::Models;
 use crate::obs::http;
@@ -134,6 +135,10 @@ fn source(
             transaction_interval: cfg.transaction_interval,
             max_rewinds: cfg.max_rewinds,
             rejoin_grace: 2 * Duration::from_millis(heartbeat),
+            group_stuck_after: GroupWatch::bound_for(
+                clients::number(consumer_cfg, "max.poll.interval.ms", 300_000),
+                clients::number(consumer_cfg, "session.timeout.ms", 45_000),
+            ),
         },
     };
     let consumer: Arc<SourceConsumer> =

@@ -20,6 +20,7 @@
 //! commit. The context itself only signals the partition threads and waits for them.
 
 pub mod commit;
+pub mod group;
 pub mod partition;
 pub mod rewind;
 
@@ -36,6 +37,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use self::group::{GroupHealth, GroupWatch};
 use self::partition::{Exit, PartitionThread, StopSignal};
 use crate::app::shutdown::Shutdown;
 use crate::batching::ChunkSender;
@@ -69,6 +71,9 @@ pub struct SourceConfig {
     /// frozen while the group moved its partitions on — learns from its next heartbeat that it
     /// lost them; re-initialising first would fence the partition's rightful owner.
     pub rejoin_grace: Duration,
+    /// How long the group membership may stay unsettled (rejoining) with the coordinator
+    /// connected before the worker counts as stuck and stops ([`group`]).
+    pub group_stuck_after: Duration,
 }
 
 /// What every partition thread shares.
@@ -97,6 +102,7 @@ pub struct Source {
     /// Taken (set to `None`) at shutdown so the channel closes once the threads are gone.
     tx: Mutex<Option<ChunkSender>>,
     partitions: Mutex<HashMap<(String, i32), Partition>>,
+    group: Mutex<GroupWatch>,
 }
 
 pub type SourceConsumer = BaseConsumer<Source>;
@@ -118,7 +124,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Source {
     pub fn new(shared: SourceShared, tx: ChunkSender) -> Self {
+        let group = Mutex::new(GroupWatch::new(shared.cfg.group_stuck_after));
         Source {
+            group,
             consumer: OnceLock::new(),
             shared: Arc::new(shared),
             tx: Mutex::new(Some(tx)),
@@ -339,6 +347,27 @@ impl Source {
             .collect()
     }
 
+    /// Stops the worker, loudly, when its group membership has stayed unsettled past the
+    /// bound ([`group`]): a consumer that never rejoins would otherwise idle for ever.
+    fn watch_group(&self, stats: &Statistics) {
+        let Some(cgrp) = &stats.cgrp else {
+            return;
+        };
+        let health = lock(&self.group).observe(
+            Instant::now(),
+            &cgrp.state,
+            &cgrp.join_state,
+            cgrp.assignment_size,
+        );
+        if let GroupHealth::Stuck { join_state, for_ } = health {
+            self.shared.shutdown.fail(format!(
+                "the consumer has owned no partition and not rejoined its group for {} s (librdkafka join state \"{join_state}\", last rebalance: {}); a restart joins afresh and resumes from the committed offsets",
+                for_.as_secs(),
+                cgrp.rebalance_reason
+            ));
+        }
+    }
+
     /// Consumer lag per owned partition, from what the worker knows: the partition's end
     /// (the last stable offset, which is what a read_committed consumer can reach) minus the
     /// worker's own committed position — exactly-once commits go through transactions, which
@@ -398,6 +427,7 @@ impl ClientContext for Source {
 
     fn stats(&self, stats: Statistics) {
         self.update_lag(&stats);
+        self.watch_group(&stats);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
