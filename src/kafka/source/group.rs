@@ -2,18 +2,21 @@
 //!
 //! After a lost assignment (a session that timed out while the broker was frozen, say), the
 //! consumer must rejoin its group before it gets partitions again. librdkafka does that on its
-//! own — but once in a full test run (exactly-once, three 12 s broker freezes) a worker never
-//! rejoined: its partitions were revoked as lost and none came back for minutes, while the
-//! process looked alive. Nothing was lost (nothing was committed past what was produced), but
-//! nothing moved either. A worker whose group membership stays unsettled far longer than any
-//! legitimate rebalance can take is stuck, and stuck must be loud and bounded: the watch says
-//! so, and the worker stops with an error (exit 3) for its supervisor to restart it — a new
-//! consumer joins afresh and resumes from the committed offsets.
+//! own — but in two full test runs (exactly-once, three 12 s broker freezes; the test is
+//! ignored until the cause is known, see RELIABILITY.md) a worker never rejoined: its
+//! partitions were revoked as lost and none came back for minutes, while the process looked
+//! alive. Nothing was lost (nothing was committed past what was produced), but nothing moved
+//! either. A worker that owns no partition and whose membership stays unsettled far longer than
+//! any legitimate rebalance can take is stuck, and stuck must be loud and bounded: the watch
+//! says so, and the worker stops with an error (exit 3) for its supervisor to restart it — a
+//! new consumer joins afresh and resumes from the committed offsets.
 //!
-//! "Unsettled" is librdkafka's join state being anything but `steady` while the group
-//! coordinator is known and connected (cgrp state `up`) and the worker owns no partition: a
-//! broker that is down is not this worker's to fix (it shows as another cgrp state), and a
-//! member that keeps its partitions through a long cooperative rebalance is still working. The bound is derived from the
+//! "Unsettled" is librdkafka's join state being anything but `steady`, in any group state
+//! (whether the coordinator is connected or still being looked for: the wedge's state was not
+//! caught in a log), while the worker owns no partition — a member that keeps its partitions
+//! through a long cooperative rebalance is still working, and one that has none in a steady
+//! group (more workers than partitions) is settled. A broker outage longer than the bound also
+//! stops the worker: loudly, which is what a worker that cannot work should do. The bound is derived from the
 //! consumer's own settings ([`GroupWatch::bound_for`]): the longest a rebalance may
 //! legitimately take (`max.poll.interval.ms`, the rebalance timeout) plus a session timeout,
 //! plus a minute.
@@ -23,8 +26,7 @@ use std::time::{Duration, Instant};
 /// What the watch concludes from one statistics report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupHealth {
-    /// Settled (`steady`), not connected to a coordinator, or owning partitions (nothing to
-    /// judge).
+    /// Settled (`steady`), or owning partitions (nothing to judge).
     Settled,
     /// Rejoining for this long, within the bound.
     Rejoining(Duration),
@@ -55,16 +57,9 @@ impl GroupWatch {
         Duration::from_millis(max_poll_interval_ms + session_timeout_ms) + Duration::from_secs(60)
     }
 
-    /// One statistics report: the cgrp's `state`, `join_state` and `assignment_size`, seen
-    /// at `now`.
-    pub fn observe(
-        &mut self,
-        now: Instant,
-        state: &str,
-        join_state: &str,
-        assigned: i32,
-    ) -> GroupHealth {
-        if state != "up" || join_state == "steady" || assigned > 0 {
+    /// One statistics report: the cgrp's `join_state` and `assignment_size`, seen at `now`.
+    pub fn observe(&mut self, now: Instant, join_state: &str, assigned: i32) -> GroupHealth {
+        if join_state == "steady" || assigned > 0 {
             self.unsettled_since = None;
             return GroupHealth::Settled;
         }
@@ -91,18 +86,18 @@ mod tests {
     fn a_membership_unsettled_past_the_bound_is_stuck_and_names_its_join_state() {
         let t0 = Instant::now();
         let mut w = GroupWatch::new(10 * S);
-        assert_eq!(w.observe(t0, "up", "steady", 0), GroupHealth::Settled);
+        assert_eq!(w.observe(t0, "steady", 0), GroupHealth::Settled);
         assert_eq!(
-            w.observe(t0 + S, "up", "wait-join", 0),
+            w.observe(t0 + S, "wait-join", 0),
             GroupHealth::Rejoining(Duration::ZERO)
         );
         assert_eq!(
-            w.observe(t0 + 11 * S, "up", "wait-incr-unassign-to-complete", 0),
+            w.observe(t0 + 11 * S, "wait-incr-unassign-to-complete", 0),
             GroupHealth::Rejoining(10 * S),
             "at the bound: not yet"
         );
         assert_eq!(
-            w.observe(t0 + 12 * S, "up", "wait-incr-unassign-to-complete", 0),
+            w.observe(t0 + 12 * S, "wait-incr-unassign-to-complete", 0),
             GroupHealth::Stuck {
                 join_state: "wait-incr-unassign-to-complete".into(),
                 for_: 11 * S
@@ -114,35 +109,15 @@ mod tests {
     fn settling_in_between_starts_the_clock_again() {
         let t0 = Instant::now();
         let mut w = GroupWatch::new(10 * S);
-        w.observe(t0, "up", "wait-join", 0);
+        w.observe(t0, "wait-join", 0);
+        assert_eq!(w.observe(t0 + 8 * S, "steady", 0), GroupHealth::Settled);
         assert_eq!(
-            w.observe(t0 + 8 * S, "up", "steady", 0),
-            GroupHealth::Settled
-        );
-        assert_eq!(
-            w.observe(t0 + 9 * S, "up", "wait-join", 0),
+            w.observe(t0 + 9 * S, "wait-join", 0),
             GroupHealth::Rejoining(Duration::ZERO)
         );
         assert_eq!(
-            w.observe(t0 + 18 * S, "up", "wait-join", 0),
+            w.observe(t0 + 18 * S, "wait-join", 0),
             GroupHealth::Rejoining(9 * S)
-        );
-    }
-
-    #[test]
-    fn without_a_connected_coordinator_nothing_is_judged() {
-        let t0 = Instant::now();
-        let mut w = GroupWatch::new(10 * S);
-        w.observe(t0, "up", "wait-join", 0);
-        // The broker is down: the coordinator is being looked for. Not this worker's to fix,
-        // and the clock starts again once it is back.
-        assert_eq!(
-            w.observe(t0 + 60 * S, "query-coord", "init", 0),
-            GroupHealth::Settled
-        );
-        assert_eq!(
-            w.observe(t0 + 61 * S, "up", "wait-join", 0),
-            GroupHealth::Rejoining(Duration::ZERO)
         );
     }
 
@@ -150,13 +125,10 @@ mod tests {
     fn a_member_that_keeps_partitions_through_a_long_rebalance_is_working_not_stuck() {
         let t0 = Instant::now();
         let mut w = GroupWatch::new(10 * S);
-        w.observe(t0, "up", "wait-join", 0);
+        w.observe(t0, "wait-join", 0);
+        assert_eq!(w.observe(t0 + 20 * S, "wait-join", 2), GroupHealth::Settled);
         assert_eq!(
-            w.observe(t0 + 20 * S, "up", "wait-join", 2),
-            GroupHealth::Settled
-        );
-        assert_eq!(
-            w.observe(t0 + 21 * S, "up", "wait-join", 0),
+            w.observe(t0 + 21 * S, "wait-join", 0),
             GroupHealth::Rejoining(Duration::ZERO)
         );
     }

@@ -353,16 +353,13 @@ impl Source {
         let Some(cgrp) = &stats.cgrp else {
             return;
         };
-        let health = lock(&self.group).observe(
-            Instant::now(),
-            &cgrp.state,
-            &cgrp.join_state,
-            cgrp.assignment_size,
-        );
+        let health =
+            lock(&self.group).observe(Instant::now(), &cgrp.join_state, cgrp.assignment_size);
         if let GroupHealth::Stuck { join_state, for_ } = health {
             self.shared.shutdown.fail(format!(
-                "the consumer has owned no partition and not rejoined its group for {} s (librdkafka join state \"{join_state}\", last rebalance: {}); a restart joins afresh and resumes from the committed offsets",
+                "the consumer has owned no partition and not rejoined its group for {} s (librdkafka group state \"{}\", join state \"{join_state}\", last rebalance: {}); a restart joins afresh and resumes from the committed offsets",
                 for_.as_secs(),
+                cgrp.state,
                 cgrp.rebalance_reason
             ));
         }
