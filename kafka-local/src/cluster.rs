@@ -975,50 +975,59 @@ pub enum PauseOutcome {
 /// SIGSTOP one node's JVM: it freezes (connections stay open, nothing answers) rather than
 /// dies. Waits until the kernel reports it stopped.
 pub fn pause_node(env: &Env, t: &Target, node: &str) -> Result<PauseOutcome> {
-    let c = open_node(env, t, node)?;
-    let n = c.node;
-    match node_state(&c.dir, n) {
-        NodeState::Stopped => {
-            env.reporter.say(&format!("node {n} is not running"));
-            Ok(PauseOutcome::NotRunning)
-        }
-        NodeState::Paused(p) => {
-            env.reporter
-                .say(&format!("node {n} (pid {p}) is already paused"));
-            Ok(PauseOutcome::Already(p))
-        }
-        NodeState::Running(p) => {
-            process::signal(p, libc::SIGSTOP);
-            wait_state(&c.dir, n, NodeState::Paused(p), "stop (SIGSTOP)")?;
-            env.reporter
-                .say(&format!("node {n} (pid {p}) paused (SIGSTOP)"));
-            Ok(PauseOutcome::Done(p))
-        }
-    }
+    signal_node(env, t, node, Freeze::Pause)
 }
 
 /// SIGCONT a paused node.
 pub fn resume_node(env: &Env, t: &Target, node: &str) -> Result<PauseOutcome> {
+    signal_node(env, t, node, Freeze::Resume)
+}
+
+#[derive(Clone, Copy)]
+enum Freeze {
+    Pause,
+    Resume,
+}
+
+/// Pause or resume one node: the signal is sent only from the opposite state, and the call
+/// returns once the kernel reports the new one.
+fn signal_node(env: &Env, t: &Target, node: &str, to: Freeze) -> Result<PauseOutcome> {
     let c = open_node(env, t, node)?;
     let n = c.node;
-    match node_state(&c.dir, n) {
+    let state = node_state(&c.dir, n);
+    let pid = match state {
         NodeState::Stopped => {
             env.reporter.say(&format!("node {n} is not running"));
-            Ok(PauseOutcome::NotRunning)
+            return Ok(PauseOutcome::NotRunning);
         }
-        NodeState::Running(p) => {
-            env.reporter
-                .say(&format!("node {n} (pid {p}) is not paused"));
-            Ok(PauseOutcome::Already(p))
-        }
-        NodeState::Paused(p) => {
-            process::signal(p, libc::SIGCONT);
-            wait_state(&c.dir, n, NodeState::Running(p), "continue (SIGCONT)")?;
-            env.reporter
-                .say(&format!("node {n} (pid {p}) resumed (SIGCONT)"));
-            Ok(PauseOutcome::Done(p))
-        }
+        NodeState::Running(p) | NodeState::Paused(p) => p,
+    };
+    let (signal, from, target, verb, done, already) = match to {
+        Freeze::Pause => (
+            libc::SIGSTOP,
+            NodeState::Running(pid),
+            NodeState::Paused(pid),
+            "stop (SIGSTOP)",
+            "paused (SIGSTOP)",
+            "is already paused",
+        ),
+        Freeze::Resume => (
+            libc::SIGCONT,
+            NodeState::Paused(pid),
+            NodeState::Running(pid),
+            "continue (SIGCONT)",
+            "resumed (SIGCONT)",
+            "is not paused",
+        ),
+    };
+    if state != from {
+        env.reporter.say(&format!("node {n} (pid {pid}) {already}"));
+        return Ok(PauseOutcome::Already(pid));
     }
+    process::signal(pid, signal);
+    wait_state(&c.dir, n, target, verb)?;
+    env.reporter.say(&format!("node {n} (pid {pid}) {done}"));
+    Ok(PauseOutcome::Done(pid))
 }
 
 fn wait_state(dir: &Path, n: u8, want: NodeState, what: &str) -> Result<()> {
