@@ -8,76 +8,28 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_local::{ClientSettings, Kafka, SaslMechanism, User};
 use support::*;
 
 /// A worker started with `settings` (bootstrap and `-X` properties), killed on drop.
-struct Secured {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Secured {
-    fn start(w: &World, settings: &ClientSettings, extra: &[&str]) -> Secured {
-        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{}-secured-worker.log", w.group));
-        let f = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
-            .arg("run")
-            .args(worker_args(w, settings))
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--commit-interval-ms",
-                "200",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("clone"))
-            .stderr(f)
-            .spawn()
-            .expect("spawn worker");
-        Secured {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; the exit code (None if it had to be killed after `timeout`).
-    fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
-    }
-}
-
-impl Drop for Secured {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+fn secured(w: &World, settings: &ClientSettings, extra: &[&str]) -> Worker {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-secured-worker.log", w.group));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-infer"));
+    cmd.arg("run")
+        .args(worker_args(w, settings))
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--commit-interval-ms",
+            "200",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    Worker::spawn(cmd, log)
 }
 
 /// `run` arguments for this world's topics through `settings`: `--brokers` and one `-X` per
@@ -109,7 +61,7 @@ fn worker_args(w: &World, settings: &ClientSettings) -> Vec<String> {
 /// librdkafka's statistics (asked for every second, for every client) never reach the log.
 fn scores_every_tweet_through(w: &World, settings: &ClientSettings, n: usize) {
     w.produce(&tweets(n, 0));
-    let mut worker = Secured::start(w, settings, &["-X", "statistics.interval.ms=1000"]);
+    let mut worker = secured(w, settings, &["-X", "statistics.interval.ms=1000"]);
     let outs = w.read(&w.output, WAIT, Duration::from_secs(2), |o| o.len() >= n);
     assert_eq!(
         outs.len(),

@@ -73,7 +73,6 @@ impl World {
             self.group,
             unique("w")
         ));
-        let f = std::fs::File::create(&log).expect("log file");
         // Test defaults, unless the test passes the flag itself.
         let defaults = [
             ("--metrics-addr", "127.0.0.1:0"),
@@ -89,8 +88,8 @@ impl World {
                 args.extend([flag, value]);
             }
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_kafka-infer"))
-            .arg("run")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-infer"));
+        cmd.arg("run")
             .args(["--brokers", &self.bootstrap(), "--group-id", &self.group])
             .args(["--input-topic", &self.input])
             .args(["--output-topic", &self.output, "--dlq-topic", &self.dlq])
@@ -104,16 +103,8 @@ impl World {
                 "RUST_LOG",
                 std::env::var("WORKER_RUST_LOG")
                     .unwrap_or_else(|_| "info,kafka_infer=debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("clone"))
-            .stderr(f)
-            .spawn()
-            .expect("spawn worker");
-        Worker {
-            child: Some(child),
-            log,
-        }
+            );
+        Worker::spawn(cmd, log)
     }
 
     fn producer(&self, props: &[(&str, &str)]) -> BaseProducer {
@@ -449,6 +440,22 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Starts `cmd` (a `kafka-infer` command line) with stdin closed and stdout and stderr
+    /// going to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Worker {
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("clone"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn worker");
+        Worker {
+            child: Some(child),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }
