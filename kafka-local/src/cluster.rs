@@ -367,6 +367,9 @@ impl Launch<'_> {
             .map_err(|e| Error::io(format!("cannot start {}", show(&self.java.path)), e))?;
         let pid = child.id();
         reap_later(child);
+        // So that the pid file names a process node_pid recognises from the moment it exists.
+        let needle = format!("kafka.Kafka {}/server.properties", nd.display());
+        process::wait_exec(pid, &needle, Duration::from_secs(5));
         let start = proc_start(pid).unwrap_or(0);
         write_atomic(&nd.join("pid"), &format!("{pid} {start}\n"))?;
         Ok((pid, start))

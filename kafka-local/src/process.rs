@@ -79,6 +79,24 @@ pub fn signal(pid: u32, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// Waits up to `timeout` until a just-spawned child's command line contains `needle`.
+///
+/// `Command::spawn` returns once the child has begun `execve`, but the kernel fills in the new
+/// image's argument area (what /proc/PID/cmdline reads) a moment later: a check straight after
+/// spawn can see an empty command line and take a live node for a dead one. Returns whether the
+/// command line appeared.
+pub fn wait_exec(pid: u32, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cmdline(pid) {
+            Some(c) if c.contains(needle) => return true,
+            None => return false,
+            Some(_) if Instant::now() >= deadline => return false,
+            Some(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
 /// Whether the process that started at `start` is still there.
 pub fn same_process(pid: u32, start: u64) -> bool {
     proc_start(pid) == Some(start)

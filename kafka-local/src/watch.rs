@@ -8,6 +8,7 @@ use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
 use crate::process;
@@ -107,6 +108,7 @@ pub fn start_watcher(dir: &Path, owner: u32, owner_start: u64) -> Result<u32> {
         .spawn()
         .map_err(|e| Error::io("cannot start the owner watcher", e))?;
     let pid = child.id();
+    process::wait_exec(pid, WATCHER_NAME, Duration::from_secs(5));
     let start = process::proc_start(pid).unwrap_or(0);
     crate::cache::write_atomic(&dir.join("watcher.pid"), &format!("{pid} {start}\n"))?;
     // Not waited for: it outlives this process by design (reparented to init when we exit).

@@ -103,6 +103,12 @@ fn the_owner_watcher_stops_the_cluster_when_the_owner_exits() {
     let fpid = fake.id();
     let fstart = kafka_local::process::proc_start(fpid).expect("its start");
     std::fs::write(node.join("pid"), format!("{fpid} {fstart}\n")).expect("pid");
+    // Its command line appears a moment after spawn returns (see process::wait_exec).
+    assert!(kafka_local::process::wait_exec(
+        fpid,
+        "kafka.Kafka",
+        Duration::from_secs(5)
+    ));
     assert_eq!(kafka_local::cluster::node_pid(&dir, 1), Some(fpid));
 
     let mut owner = Command::new("sleep").arg("60").spawn().expect("owner");
