@@ -148,3 +148,40 @@ fn model_version_is_a_short_content_hash() {
         .expect("sha in metrics.json");
     assert!(sha.starts_with(v), "{v} is not a prefix of {sha}");
 }
+
+/// One failing run must not break the runs after it. An id the model has no row for fails the
+/// batch holding it; the session then scores each tweet of that batch alone, and goes on
+/// scoring batches of every other size (tract's state, left mid-run by the failure, is rebuilt:
+/// kept, it failed every later run of another batch size).
+#[test]
+fn a_batch_that_fails_is_scored_tweet_by_tweet_and_the_session_stays_usable() {
+    let c = classifier();
+    let tok = c.tokenizer();
+    let good = [
+        tok.encode("Forest fire near La Ronge Sask. Canada"),
+        tok.encode("I love my new phone, what a great day"),
+        tok.encode("There has been an earthquake at 3:00 pm"),
+    ];
+    let want = c
+        .session()
+        .expect("session")
+        .score_ids(&good)
+        .expect("scores");
+    // As long as good[1], so that both run in one group of one padded length: the failed run
+    // and the retries alone then use the same per-length state.
+    let mut bad = good[1].clone();
+    bad[0] = 1_000_000;
+
+    let mut session = c.session().expect("session");
+    let batch = [good[1].clone(), bad, good[2].clone()];
+    assert!(session.score_ids(&batch).is_err(), "the batch must fail");
+    let (each, alone) = session.score_isolating(&batch);
+    assert!(alone);
+    assert!(each[0] == Ok(want[1]) && each[2] == Ok(want[2]), "{each:?}");
+    let why = each[1].as_ref().expect_err("the bad tweet fails alone");
+    assert!(why.contains("inference failed"), "{why}");
+    for n in [1, 2, 3] {
+        let scores = session.score_ids(&good[..n]).expect("later batches run");
+        assert_eq!(scores, want[..n]);
+    }
+}

@@ -861,3 +861,138 @@ fn a_worker_kept_out_of_its_group_past_the_bound_stops_loudly_with_exit_code_3()
         "stopped after {took:?}:\n{log}"
     );
 }
+
+/// A copy of the shipped model whose vocabulary has one word more than the model has rows
+/// (a `vocab.txt` out of step with its `model.onnx`): a tweet holding that word gets an id the
+/// model's lookup refuses, so a batch holding it fails as a whole; every other tweet tokenizes
+/// and scores exactly as with the shipped model, and the golden tweets (which lack the word)
+/// still validate the copy at start-up.
+struct PoisonedModel {
+    dir: std::path::PathBuf,
+    word: &'static str,
+}
+
+fn poisoned_model() -> PoisonedModel {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("ki-poisoned-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in [
+        "model.onnx",
+        "preprocess.json",
+        "golden.jsonl",
+        "metrics.json",
+    ] {
+        std::fs::copy(repo.join("model").join(f), dir.join(f)).expect("copy model file");
+    }
+    let word = "zzunscorable";
+    let mut vocab = std::fs::read_to_string(repo.join("model/vocab.txt")).expect("vocab");
+    assert!(!vocab.lines().any(|l| l == word));
+    if !vocab.ends_with('\n') {
+        vocab.push('\n');
+    }
+    vocab.push_str(word);
+    vocab.push('\n');
+    std::fs::write(dir.join("vocab.txt"), vocab).expect("write vocab.txt");
+    PoisonedModel { dir, word }
+}
+
+#[test]
+fn a_tweet_the_model_cannot_score_is_dead_lettered_and_the_rest_of_its_batch_is_still_scored() {
+    let w = World::new();
+    let poisoned = poisoned_model();
+    let word = poisoned.word;
+    let texts = kafka_infer::app::data::test_tweets();
+    let bad_text = |i: usize| format!("{word} {}", texts[i % texts.len()]);
+
+    // The condition, shown on the model itself: a batch holding the word fails as a whole;
+    // scored one at a time, every other tweet gets the shipped model's score.
+    let classifier = kafka_infer::Classifier::load(&poisoned.dir).expect("the copy loads");
+    let shipped = kafka_infer::Classifier::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model"),
+    )
+    .expect("shipped model");
+    let tok = classifier.tokenizer();
+    let batch = [tok.encode(&bad_text(0)), tok.encode(&texts[1])];
+    let mut session = classifier.session().expect("session");
+    assert!(session.score_ids(&batch).is_err(), "the batch must fail");
+    let each = session.score_each(&batch);
+    assert!(each[0].is_err(), "{each:?}");
+    let want = shipped
+        .session()
+        .expect("session")
+        .score_ids(&batch[1..])
+        .expect("score")[0];
+    assert_eq!(each[1].as_ref().ok(), Some(&want), "{each:?}");
+
+    // 300 tweets, every tenth of them holding the word, all produced before the worker starts:
+    // it drains them in batches of many tweets, so poisoned and good tweets share batches.
+    let mut records = Vec::new();
+    let mut bad_keys = std::collections::HashSet::new();
+    for i in 0..300 {
+        let (p, key, value) = tweet(i, &texts);
+        if i % 10 == 3 {
+            let v = serde_json::to_vec(&serde_json::json!({ "value": bad_text(i) })).expect("json");
+            bad_keys.insert(key.clone());
+            records.push((p, key, v));
+        } else {
+            records.push((p, key, value));
+        }
+    }
+    w.produce(&records);
+    let mut sc = Scenario::start(
+        "inference fails for 30 of 300 tweets (an id the model refuses)",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
+    let dir = poisoned.dir.to_string_lossy().into_owned();
+    let mut worker = w.start_worker(&["--model-dir", &dir]);
+    let dlq = w.read(&w.dlq, WAIT, QUIET, |d| d.len() >= bad_keys.len());
+    let outs = w.read(&w.output, WAIT, QUIET, |o| o.len() >= 300 - bad_keys.len());
+    let m = worker.metrics();
+    let alone = m["kafka_infer_tweets_rescored_alone_total"];
+    let done: std::collections::HashSet<(i32, i64)> = predicted(&outs)
+        .into_iter()
+        .chain(dlq.iter().map(Out::source))
+        .collect();
+    sc.measured(
+        300,
+        300usize.saturating_sub(done.len()),
+        duplicates(&outs) + dlq.len().saturating_sub(bad_keys.len()),
+        format!(
+            "{} dead letters (inference_failed), {} predictions, {alone} tweets re-scored alone",
+            dlq.len(),
+            outs.len()
+        ),
+    );
+    worker.sample(&mut sc);
+    let logs = worker.log_text();
+    assert_eq!(dlq.len(), bad_keys.len(), "{logs}");
+    for d in &dlq {
+        assert!(
+            bad_keys.contains(d.key.as_deref().unwrap_or_default()),
+            "{d:?}"
+        );
+        assert_eq!(d.headers["dlq-reason"], "inference_failed");
+        assert!(d.headers["dlq-error"].contains("inference failed"), "{d:?}");
+    }
+    // Good tweets shared batches with poisoned ones (more tweets were re-scored alone than
+    // there are poisoned ones), and every one of them got the shipped model's score.
+    assert!(alone > bad_keys.len() as f64, "re-scored alone: {alone}");
+    assert_eq!(outs.len(), 300 - bad_keys.len(), "{logs}");
+    assert_eq!(duplicates(&outs), 0);
+    let mut s = shipped.session().expect("session");
+    for o in &outs {
+        let i = (o.source().1 as usize) * PARTITIONS as usize + o.source().0 as usize;
+        let text = &texts[i % texts.len()];
+        let want = s.score_ids(&[tok.encode(text)]).expect("score")[0];
+        assert!(
+            (o.score() - f64::from(want)).abs() < 1e-6,
+            "{o:?}: want {want}"
+        );
+    }
+    w.wait_for_commits(&ends(300), Duration::from_secs(20), &logs);
+    worker.terminate_cleanly(Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&poisoned.dir);
+}

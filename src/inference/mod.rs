@@ -38,7 +38,13 @@ pub fn run(
             Vec::new()
         } else {
             match session_for(&mut sessions, &model) {
-                Ok(session) => session.score_each(&ids),
+                Ok(session) => {
+                    let (results, alone) = session.score_isolating(&ids);
+                    if alone {
+                        metrics.tweets_rescored_alone_total.inc_by(ids.len() as u64);
+                    }
+                    results
+                }
                 Err(e) => {
                     let why = format!("no model session: {e}");
                     ids.iter().map(|_| Err(why.clone())).collect()

@@ -222,21 +222,29 @@ impl OnnxSession {
     /// Runs the plan for this tensor's sequence length (built on first use).
     fn run(&mut self, tokens: Array2<i32>) -> Result<Vec<f32>> {
         let (rows, seq_len) = tokens.dim();
-        let state = match self.by_seq.get_mut(seq_len.wrapping_sub(1)) {
+        let slot = match self.by_seq.get_mut(seq_len.wrapping_sub(1)) {
             Some(slot) => slot,
             None => &mut self.generic,
         };
-        if state.is_none() {
+        if slot.is_none() {
             let specialised = (seq_len <= self.plans.max_seq).then_some(seq_len);
             let plan = self.plans.get(specialised)?;
-            *state = Some(PlanState::new(&plan).map_err(Error::model)?);
+            *slot = Some(PlanState::new(&plan).map_err(Error::model)?);
         }
-        let state = state
+        let state = slot
             .as_mut()
             .ok_or_else(|| Error::Model("no plan state".into()))?;
-        let out = state
-            .run(tvec!(Tensor::from(tokens).into()))
-            .map_err(Error::model)?;
+        let out = match state.run(tvec!(Tensor::from(tokens).into())) {
+            Ok(out) => out,
+            Err(e) => {
+                // A run that fails midway leaves tract's state inside its turn, with the batch
+                // size it resolved: every later run of another batch size would then fail
+                // ("Clashing resolution for expression"), and one bad tweet would take down
+                // every batch after it. The state is rebuilt on next use.
+                *slot = None;
+                return Err(Error::model(e));
+            }
+        };
         let scores = out
             .first()
             .ok_or_else(|| Error::Model("model produced no output".into()))?
@@ -329,12 +337,22 @@ impl Session {
     /// score), each sequence is retried alone so that one bad record cannot take its whole batch
     /// down. One result per sequence, in order; `Err` holds the reason.
     pub fn score_each<S: AsRef<[i32]>>(&mut self, seqs: &[S]) -> Vec<Result<f32, String>> {
+        self.score_isolating(seqs).0
+    }
+
+    /// [`Session::score_each`], also saying whether the batched run failed and each sequence
+    /// was scored alone (what `kafka_infer_tweets_rescored_alone_total` counts).
+    pub fn score_isolating<S: AsRef<[i32]>>(
+        &mut self,
+        seqs: &[S],
+    ) -> (Vec<Result<f32, String>>, bool) {
         if let Ok(scores) = self.score_ids(seqs) {
             if scores.iter().all(|s| s.is_finite()) {
-                return scores.into_iter().map(Ok).collect();
+                return (scores.into_iter().map(Ok).collect(), false);
             }
         }
-        seqs.iter()
+        let alone = seqs
+            .iter()
             .map(|s| match self.score_ids(&[s.as_ref()]) {
                 Ok(v) => match v.first() {
                     Some(x) if x.is_finite() => Ok(*x),
@@ -343,7 +361,8 @@ impl Session {
                 },
                 Err(e) => Err(format!("inference failed: {e}")),
             })
-            .collect()
+            .collect();
+        (alone, true)
     }
 
     /// Tokenizes and scores texts in one batch.

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub transactions_committed_total: Counter,
     pub transactions_aborted_total: Counter,
     pub transaction_calls_resumed_total: Counter,
+    pub tweets_rescored_alone_total: Counter,
     /// Per stage (in [`STAGES`] order): its series of the `stage_seconds` family, resolved once
     /// (a lookup by label hashes and allocates, per batch and per chunk otherwise).
     stage_seconds: [Histogram; 5],
@@ -279,7 +280,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every counter: name (without `kafka_infer_` and `_total`) and help, in the order
 /// `Metrics::new` takes them.
-const COUNTERS: [(&str, &str); 18] = [
+const COUNTERS: [(&str, &str); 19] = [
     ("records_consumed", "Records read from the input topic"),
     ("records_predicted", "Predictions acknowledged by the broker"),
     ("records_dead_lettered", "Dead letters acknowledged by the broker"),
@@ -318,6 +319,10 @@ const COUNTERS: [(&str, &str); 18] = [
     (
         "transaction_calls_resumed",
         "Exactly-once: transactional calls (init, send offsets, commit) that timed out and were called again to resume them (a slow or frozen broker)",
+    ),
+    (
+        "tweets_rescored_alone",
+        "Tweets of batches whose batched inference failed or gave a non-finite score, scored again one at a time (a tweet that still fails is dead-lettered with reason inference_failed)",
     ),
     (
         "shadow_shed",
@@ -428,7 +433,7 @@ impl Fam {
 impl Metrics {
     pub fn new(model_version: &str) -> Self {
         let mut registry = Registry::with_prefix("kafka_infer");
-        let [consumed_total, predicted_total, dead_lettered_total, dead_letters_truncated_total, delivery_errors_total, redelivered_total, rewinds_total, consume_errors_total, client_errors_total, commit_errors_total, partition_failures_total, undelivered_at_revoke_total, transactions_committed_total, transactions_aborted_total, transaction_calls_resumed_total, shadow_shed_total, shadow_scored_total, shadow_errors_total] =
+        let [consumed_total, predicted_total, dead_lettered_total, dead_letters_truncated_total, delivery_errors_total, redelivered_total, rewinds_total, consume_errors_total, client_errors_total, commit_errors_total, partition_failures_total, undelivered_at_revoke_total, transactions_committed_total, transactions_aborted_total, transaction_calls_resumed_total, tweets_rescored_alone_total, shadow_shed_total, shadow_scored_total, shadow_errors_total] =
             COUNTERS.map(|(name, help)| {
                 let c = Counter::default();
                 registry.register(name, help, c.clone());
@@ -476,6 +481,7 @@ impl Metrics {
             transactions_committed_total,
             transactions_aborted_total,
             transaction_calls_resumed_total,
+            tweets_rescored_alone_total,
             stage_seconds,
             batch_size,
             committed,

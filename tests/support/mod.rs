@@ -220,9 +220,14 @@ impl World {
         want: impl Fn(&[Out]) -> bool,
     ) -> Vec<Out> {
         let c = self.reader(isolation);
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
+        let deadline = Instant::now() + WAIT;
+        let md = loop {
+            match c.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(md) => break md,
+                Err(e) if Instant::now() < deadline => eprintln!("metadata: {e}; asking again"),
+                Err(e) => panic!("metadata of {topic}: {e} (for {} s)", WAIT.as_secs()),
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         for t in md.topics() {
             for p in t.partitions() {
@@ -258,7 +263,9 @@ impl World {
         out
     }
 
-    /// The group's committed offsets per input partition (absent = nothing committed).
+    /// The group's committed offsets per input partition (absent = nothing committed). A
+    /// broker that is slow to answer (a loaded 2-core machine, a broker just thawed) is asked
+    /// again, up to [`WAIT`]; only then does the test fail.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
@@ -270,9 +277,16 @@ impl World {
         for p in 0..PARTITIONS {
             tpl.add_partition(&self.input, p);
         }
-        let got = c
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .expect("committed offsets");
+        let deadline = Instant::now() + WAIT;
+        let got = loop {
+            match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("committed offsets: {e}; asking again");
+                }
+                Err(e) => panic!("committed offsets: {e} (for {} s)", WAIT.as_secs()),
+            }
+        };
         got.elements()
             .iter()
             .filter_map(|e| match e.offset() {
