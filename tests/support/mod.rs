@@ -99,6 +99,13 @@ impl World {
             .args(["-X", "consumer.heartbeat.interval.ms=500"])
             .args(["-X", "consumer.max.poll.interval.ms=15000"])
             .args(extra)
+            // For hunting a rare failure: more worker flags (e.g. `-X consumer.debug=cgrp`)
+            // for every worker a test starts, split on whitespace.
+            .args(
+                std::env::var("WORKER_EXTRA_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("WORKER_RUST_LOG")

@@ -39,6 +39,8 @@ pub enum GroupHealth {
 pub struct GroupWatch {
     bound: Duration,
     unsettled_since: Option<Instant>,
+    /// The last (group state, join state, partitions) reported, to log only changes.
+    last: Option<(String, String, i32)>,
 }
 
 impl GroupWatch {
@@ -46,7 +48,19 @@ impl GroupWatch {
         GroupWatch {
             bound,
             unsettled_since: None,
+            last: None,
         }
+    }
+
+    /// Whether the membership's states or its partition count differ from the last report
+    /// (the worker logs each change: how a rejoin went is in the log, not only its outcome).
+    pub fn changed(&mut self, state: &str, join_state: &str, assigned: i32) -> bool {
+        let now = (state.to_owned(), join_state.to_owned(), assigned);
+        if self.last.as_ref() == Some(&now) {
+            return false;
+        }
+        self.last = Some(now);
+        true
     }
 
     /// The bound for a consumer with these settings (milliseconds): a rebalance may take up
@@ -140,5 +154,16 @@ mod tests {
             GroupWatch::bound_for(300_000, 45_000),
             Duration::from_secs(405)
         );
+    }
+
+    #[test]
+    fn only_changes_of_the_membership_are_reported() {
+        let mut w = GroupWatch::new(Duration::from_secs(60));
+        assert!(w.changed("up", "steady", 3));
+        assert!(!w.changed("up", "steady", 3));
+        assert!(w.changed("up", "wait-join", 0));
+        assert!(w.changed("query-coord", "wait-join", 0));
+        assert!(!w.changed("query-coord", "wait-join", 0));
+        assert!(w.changed("up", "steady", 3));
     }
 }

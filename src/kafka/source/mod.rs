@@ -353,8 +353,18 @@ impl Source {
         let Some(cgrp) = &stats.cgrp else {
             return;
         };
-        let health =
-            lock(&self.group).observe(Instant::now(), &cgrp.join_state, cgrp.assignment_size);
+        let mut watch = lock(&self.group);
+        if watch.changed(&cgrp.state, &cgrp.join_state, cgrp.assignment_size) {
+            tracing::info!(
+                state = %cgrp.state,
+                join_state = %cgrp.join_state,
+                partitions = cgrp.assignment_size,
+                last_rebalance = %cgrp.rebalance_reason,
+                "consumer group membership"
+            );
+        }
+        let health = watch.observe(Instant::now(), &cgrp.join_state, cgrp.assignment_size);
+        drop(watch);
         if let GroupHealth::Stuck { join_state, for_ } = health {
             self.shared.shutdown.fail(format!(
                 "the consumer has owned no partition and not rejoined its group for {} s (librdkafka group state \"{}\", join state \"{join_state}\", last rebalance: {}); a restart joins afresh and resumes from the committed offsets",
