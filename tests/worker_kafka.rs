@@ -996,3 +996,70 @@ fn a_tweet_the_model_cannot_score_is_dead_lettered_and_the_rest_of_its_batch_is_
     worker.terminate_cleanly(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&poisoned.dir);
 }
+
+/// Dead letters count against `--max-in-flight-bytes` until the broker acknowledges them, not
+/// only until they are handed to the producer: librdkafka would otherwise queue any number of
+/// them (up to 1 GiB). The producer holds every record for 1 s (`linger.ms`, its batches far
+/// from full), so dead letters provably sit unacknowledged while 3 MB of bad records wait in
+/// the input; records consumed but not acknowledged must stay within the bound (plus one
+/// chunk), and must have reached it (the bound, not the input, held consumption back).
+#[test]
+fn dead_letters_held_unacknowledged_stay_inside_the_in_flight_byte_bound() {
+    const RECORD: usize = 1_000;
+    const BOUND: usize = 300_000;
+    const CHUNK_RECORDS: usize = 256;
+    let w = World::new();
+    let bad: Vec<(i32, String, Vec<u8>)> = (0..3_000)
+        .map(|i| {
+            let mut v = format!("not json {i} ").into_bytes();
+            v.resize(RECORD, b'x');
+            ((i % PARTITIONS as usize) as i32, format!("bad-{i}"), v)
+        })
+        .collect();
+    w.produce(&bad);
+    let mut sc = Scenario::start(
+        "3,000 dead letters of 1 kB held 1 s by the producer, 300 kB in-flight bound",
+        &w.bootstrap(),
+        &w.output,
+        PARTITIONS,
+    );
+    let bound = BOUND.to_string();
+    let mut worker = start_held(&w, 1_000, &["--max-in-flight-bytes", &bound]);
+    let (mut peak, mut last_acked) = (0.0f64, 0.0f64);
+    let deadline = Instant::now() + WAIT;
+    while last_acked < bad.len() as f64 && Instant::now() < deadline {
+        let m = worker.metrics();
+        let consumed = m
+            .get("kafka_infer_records_consumed_total")
+            .copied()
+            .unwrap_or(0.0);
+        last_acked = m
+            .get("kafka_infer_records_dead_lettered_total")
+            .copied()
+            .unwrap_or(0.0);
+        peak = peak.max(consumed - last_acked);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dlq = w.read(&w.dlq, WAIT, QUIET, |d| d.len() >= bad.len());
+    let done: std::collections::HashSet<(i32, i64)> = dlq.iter().map(Out::source).collect();
+    sc.measured(
+        bad.len(),
+        bad.len().saturating_sub(done.len()),
+        dlq.len().saturating_sub(done.len()),
+        format!("at most {peak} dead letters consumed and not acknowledged at once"),
+    );
+    worker.sample(&mut sc);
+    let logs = worker.log_text();
+    assert_eq!(done.len(), bad.len(), "{logs}");
+    let most = (BOUND / RECORD + CHUNK_RECORDS) as f64;
+    assert!(
+        peak <= most,
+        "{peak} unacknowledged dead letters, over {most}"
+    );
+    assert!(
+        peak >= (BOUND / RECORD / 2) as f64,
+        "only {peak} held at once: the bound was never what held consumption back"
+    );
+    w.wait_for_commits(&ends(bad.len()), Duration::from_secs(20), &logs);
+    worker.terminate_cleanly(Duration::from_secs(30));
+}
