@@ -1,6 +1,8 @@
 //! Fault injection with librdkafka's in-process mock cluster (which can fail requests on
 //! demand, unlike a real broker): the worker runs in-process so its metrics can be watched.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -319,4 +321,84 @@ fn a_produce_failure_mid_transaction_aborts_it_and_the_partition_is_processed_ag
         metrics.transactions_committed_total.get(),
         metrics.rewinds_total.get()
     );
+}
+
+/// `/healthz` answers at once while a partition's transactional producer is still starting:
+/// the assignment does not wait for `init_transactions` (the partition's own thread runs it)
+/// and the health check takes the partition map only to copy it. The mock cluster refuses the
+/// worker's InitProducerId requests 16 times (the coordinator "still loading"; librdkafka asks
+/// again every ~500 ms, so ~8 s), so the call
+/// provably stays pending — the worker's count of resumed transactional calls grows across
+/// the probes — then lets it through, and every input is scored once. The worker runs as the
+/// binary users run, against the mock cluster over TCP.
+#[test]
+fn healthz_answers_while_a_partition_waits_for_its_transactional_producer() {
+    let mock = cluster_with_tweets();
+    let brokers = mock.bootstrap_servers();
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 16],
+    );
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("mock-healthz-{}.log", std::process::id()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-infer"));
+    cmd.arg("run")
+        .args(["--brokers", &brokers, "--group-id", "faults"])
+        .args([
+            "--input-topic",
+            "in",
+            "--output-topic",
+            "out",
+            "--dlq-topic",
+            "dlq",
+        ])
+        .args([
+            "--guarantee",
+            "exactly-once",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info,kafka_infer=debug");
+    let mut worker = support::Worker::spawn(cmd, log);
+    let resumed = |w: &support::Worker| {
+        w.metrics()
+            .get("kafka_infer_transaction_calls_resumed_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resumed(&worker) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "init_transactions never pending:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = resumed(&worker);
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let answer = worker.health();
+        let took = t0.elapsed();
+        let (code, body) = answer.unwrap_or_else(|| panic!("no answer:\n{}", worker.log_text()));
+        assert!(took < Duration::from_secs(1), "answered after {took:?}");
+        assert_eq!(code, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        resumed(&worker) > before,
+        "init_transactions was no longer pending during the probes"
+    );
+    assert!(
+        predicted(&brokers).is_empty(),
+        "scored before its producer started"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while predicted(&brokers).len() < N as usize {
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(outputs(&brokers).len(), N as usize, "duplicates");
+    worker.terminate_cleanly(Duration::from_secs(30));
 }
