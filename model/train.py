@@ -54,8 +54,8 @@ HP = dict(
     max_len=121,  # tweets are truncated here (the longest training tweet has 30 tokens)
     min_token_len=2,
     stopwords="none",  # preprocess.json's list: "nltk" (STOPWORDS) or "none"
-    min_count=2,  # a word needs this many training occurrences to get its own id
-    max_vocab=20000,
+    min_count=2,  # a word needs this many training occurrences to get its own id (without vocab_extra)
+    max_vocab=30000,  # never reached: train.csv's words and the teacher's whole words are 29,343
     embed_dim=32,
     kernel_widths=[1, 2, 3],
     filters=32,
@@ -66,18 +66,19 @@ HP = dict(
     class_weight="balanced",  # loss weights n / (2 n_class)
     word_dropout=0.0,
     embed_l2=0.0,
-    epochs=4,  # chosen by CV; no early stopping
+    epochs=8,  # chosen by CV (train.py --choose-epochs 8); no early stopping
     # Pre-trained knowledge (model/teacher.py; every default below switches it off):
-    pretrained_embed=False,  # embedding = frozen teacher word vectors [vocab, 384] @ a learnt [384, embed_dim]
+    pretrained_embed=True,  # embedding = frozen teacher word vectors [vocab, 384] @ a learnt [384, embed_dim]
     embed_trainable=False,  # with pretrained_embed: fine-tune the 384-wide word vectors too
-    vocab_extra=False,  # vocabulary also holds training words seen once and the teacher's whole words
-    distill_alpha=1.0,  # target = alpha * label + (1 - alpha) * teacher score; 1.0 = no teacher
+    vocab_extra=True,  # vocabulary also holds training words seen once and the teacher's whole words
+    distill_alpha=0.5,  # target = alpha * label + (1 - alpha) * teacher score; 1.0 = no teacher
     distill_temp=1.0,  # teacher score = sigmoid(teacher logit / temp)
     transfer_aug=0,  # augmented variants per training tweet, labelled by the teacher alone
 )
 # The teacher: a logistic-regression probe on the frozen encoder's mean-pooled sentence embedding,
 # fitted on each fold's training part (and on all of train.csv for the shipped model).
-TEACHER = dict(C=3.0, class_weight="balanced")
+TEACHER = dict(C=1.0, class_weight="balanced")  # C chosen on the CV folds from TEACHER_GRID_C
+TEACHER_GRID_C = (1.0, 3.0, 10.0)
 
 EDGE_CASES = [
     ("empty", ""),
@@ -438,7 +439,7 @@ def cv_cnn(hp, texts, labels, folds, epochs, per_epoch=False, tdata=None, teache
         tdata["aug_toks"] = tokenize_all(tdata["aug_texts"], hp)
     oof = np.full(len(texts), np.nan, dtype=np.float64)
     held_out_ids = [None] * len(texts)
-    per_fold, curves, vocab_sizes = [], [], []
+    per_fold, curves, vocab_sizes, epoch_scores = [], [], [], []
     for k, (tr, te) in enumerate(folds):
         extra = tdata["extra_words"] if tdata is not None else ()
         vocab = student_vocab(hp, [toks[i] for i in tr], extra)
@@ -456,9 +457,10 @@ def cv_cnn(hp, texts, labels, folds, epochs, per_epoch=False, tdata=None, teache
         per_fold.append(binary_metrics(labels[te], p))
         if per_epoch:
             curves.append([binary_metrics(labels[te], s) for s in cb.scores])
+            epoch_scores.append(cb.scores)
         keras.backend.clear_session()
     return {"per_fold": per_fold, "oof": oof, "held_out_ids": held_out_ids, "curves": curves,
-            "vocab_sizes": vocab_sizes}
+            "vocab_sizes": vocab_sizes, "epoch_scores": epoch_scores}
 
 
 def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "variants")):
@@ -662,7 +664,8 @@ def run_search(texts, labels, folds):
 # --search-student: the pre-trained knowledge on top of the CNN shipped before it (STUDENT_BASE), one
 # step at a time, each step keeping the previous ones (a ladder, not a grid: the steps build on each
 # other). Same folds, same per-epoch protocol as --search; the winner is the highest mean held-out F1.
-STUDENT_BASE = {k: v for k, v in HP.items() if k != "epochs"}
+STUDENT_BASE = dict({k: v for k, v in HP.items() if k != "epochs"}, max_vocab=20000, pretrained_embed=False,
+                    vocab_extra=False, distill_alpha=1.0, transfer_aug=0)  # the CNN shipped before the teacher
 STUDENT_LADDER = [
     ("CNN shipped before (no teacher)", {}),
     ("+ pre-trained word vectors (frozen, projected to 32)", {"pretrained_embed": True}),
@@ -748,7 +751,10 @@ def reference_stats(oof, held_out_ids, onnx_sha256, hp):
     }
 
 
-def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None):
+def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=0):
+    """The CV table. With choose_epochs, the CNN is trained that many epochs per fold, its held-out
+    part scored after each, and the epoch count with the best mean held-out F1 is chosen (and
+    written into hp): the per-epoch protocol of --search, for one configuration."""
     teacher, s_teacher = None, None
     if tdata is not None:
         t = time.time()
@@ -756,7 +762,19 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None):
         s_teacher = {"model": "all-MiniLM-L6-v2, frozen, mean-pooled + logistic regression (lbfgs)",
                      "config": TEACHER, **summarize(teacher["per_fold"]), "seconds": round(time.time() - t, 1)}
     t = time.time()
-    cnn = cv_cnn(hp, texts, labels, folds, hp["epochs"], tdata=tdata, teacher=teacher if uses_teacher(hp) else None)
+    epoch_curve = None
+    cnn = cv_cnn(hp, texts, labels, folds, choose_epochs or hp["epochs"], per_epoch=bool(choose_epochs), tdata=tdata,
+                 teacher=teacher if uses_teacher(hp) else None)
+    if choose_epochs:
+        sums = [summarize([c[ep] for c in cnn["curves"]]) for ep in range(choose_epochs)]
+        epoch_curve = [{"epoch": ep + 1, "f1": s["mean"]["f1"], "f1_sd": s["sd"]["f1"], "roc_auc": s["mean"]["roc_auc"]}
+                       for ep, s in enumerate(sums)]
+        best = max(range(choose_epochs), key=lambda ep: (sums[ep]["mean"]["f1"], -ep))
+        hp["epochs"] = best + 1
+        cnn["per_fold"] = [c[best] for c in cnn["curves"]]
+        for (_, te), scores in zip(folds, cnn["epoch_scores"]):
+            cnn["oof"][te] = scores[best]
+        print(f"epochs chosen by held-out F1: {best + 1} of {choose_epochs}", flush=True)
     cnn_seconds = time.time() - t
     t = time.time()
     base = cv_baseline(baseline_cfg, texts, labels, folds)
@@ -780,6 +798,15 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None):
     }
     if s_teacher is not None:
         table["teacher"] = s_teacher
+        f1_t = [a["f1"] - b["f1"] for a, b in zip(cnn["per_fold"], teacher["per_fold"])]
+        table["cnn_minus_teacher"] = {"f1": {"mean": round(float(np.mean(f1_t)), 4), "sd": round(float(np.std(f1_t, ddof=1)), 4)}}
+        # The probe's C, chosen the same way on the same folds (cheap: a logistic regression).
+        table["teacher_grid"] = []
+        for c in TEACHER_GRID_C:
+            s = summarize(cv_teacher(dict(TEACHER, C=c), tdata, labels, folds)["per_fold"])
+            table["teacher_grid"].append({"C": c, "f1": s["mean"]["f1"], "f1_sd": s["sd"]["f1"], "roc_auc": s["mean"]["roc_auc"]})
+    if epoch_curve is not None:
+        table["cnn_epoch_curve"] = epoch_curve
     return table, cnn
 
 
@@ -848,6 +875,8 @@ def main():
     ap.add_argument("--ladder", type=json.loads, default=None,
                     help='with --search-student: other steps, [["name", {overrides of STUDENT_BASE}], ...]; '
                          "writes cv_search_student_extra.json and stops")
+    ap.add_argument("--choose-epochs", type=int, default=0, metavar="N",
+                    help="train each fold N epochs and ship the epoch count with the best mean held-out F1")
     ap.add_argument("--teacher", action="store_true", help="also cross-validate the teacher when HP does not use it")
     ap.add_argument("--variants", type=int, default=0, help="augmented variants per tweet to encode (at least HP's transfer_aug)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache",
@@ -881,8 +910,6 @@ def main():
         (args.out / "cv_search.json").write_text(json.dumps(search, indent=1) + "\n")
     elif (args.out / "cv_search.json").exists():
         search = json.loads((args.out / "cv_search.json").read_text())
-    if student_search is None and (args.out / "cv_search_student.json").exists():
-        student_search = json.loads((args.out / "cv_search_student.json").read_text())
 
     tdata, student_search = None, None
     if args.search_student:
@@ -898,9 +925,11 @@ def main():
             print(f"note: the student search chose {json.dumps(chosen)}; HP in train.py differs", flush=True)
         HP.clear()
         HP.update(chosen)
+    if student_search is None and (args.out / "cv_search_student.json").exists():
+        student_search = json.loads((args.out / "cv_search_student.json").read_text())
     if tdata is None and (uses_teacher(HP) or args.teacher):
         tdata = teacher_data(texts, max(HP.get("transfer_aug", 0), args.variants), args.cache)
-    table, cv = cv_report(HP, BASELINE, texts, labels, folds, tdata)
+    table, cv = cv_report(HP, BASELINE, texts, labels, folds, tdata, args.choose_epochs)
     print_table(table)
     if args.cv_only:
         print(json.dumps(table, indent=1))
