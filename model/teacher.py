@@ -102,21 +102,29 @@ def _pad_batch(id_lists):
     return ids, mask
 
 
-def build_encoder(m: MiniLM, trainable=True, dropout=0.1, seed=42):
-    """A Keras layer: (ids [B, S] int32, mask [B, S] float32) -> mean-pooled [B, 384]."""
+def build_encoder(m: MiniLM, trainable=True, dropout=0.1, seed=42, layers=None, pool=True):
+    """A Keras layer: (ids [B, S] int32, mask [B, S] float32) -> mean-pooled [B, 384].
+
+    With layers=(first, last), only transformer layers first..last-1 run: for first > 0 the
+    input is (hidden [B, S, 384] float32, mask) instead of ids, the output of layer first-1
+    (how finetune_teacher.py trains the top layers on cached outputs of the frozen bottom ones);
+    pool=False returns the last layer's hidden states [B, S, 384] instead of their mean."""
     import keras
     import tensorflow as tf
 
     w, cfg = m.weights, m.config
     H, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
     dh = H // heads
+    first, last = layers if layers is not None else (0, cfg["num_hidden_layers"])
+    keep = lambda k: (k.startswith("embeddings.") and first == 0) or any(  # noqa: E731
+        k.startswith(f"encoder.layer.{i}.") for i in range(first, last))
 
     class Encoder(keras.layers.Layer):
         def __init__(self, **kw):
             super().__init__(**kw)
             self.v = {}
             for k, a in w.items():
-                if k.startswith("pooler.") or k.endswith("position_ids"):
+                if k.startswith("pooler.") or k.endswith("position_ids") or not keep(k):
                     continue
                 # torch Linear stores [out, in]; keep [in, out] for x @ W
                 arr = a.T if a.ndim == 2 and not k.startswith("embeddings.") else a
@@ -137,16 +145,19 @@ def build_encoder(m: MiniLM, trainable=True, dropout=0.1, seed=42):
         def call(self, inputs, training=False):
             ids, mask = inputs
             b, s = tf.shape(ids)[0], tf.shape(ids)[1]
-            x = tf.gather(self.v["embeddings.word_embeddings.weight"], ids)
-            x = x + self.v["embeddings.position_embeddings.weight"][None, :s]
-            x = x + self.v["embeddings.token_type_embeddings.weight"][0]
-            x = self.drop(self._ln(x, "embeddings.LayerNorm"), training=training)
+            if first == 0:
+                x = tf.gather(self.v["embeddings.word_embeddings.weight"], ids)
+                x = x + self.v["embeddings.position_embeddings.weight"][None, :s]
+                x = x + self.v["embeddings.token_type_embeddings.weight"][0]
+                x = self.drop(self._ln(x, "embeddings.LayerNorm"), training=training)
+            else:
+                x = ids  # the hidden states of layer first - 1
             att_bias = (1.0 - mask)[:, None, None, :] * -1e9
 
             def split(t):
                 return tf.transpose(tf.reshape(t, [b, s, heads, dh]), [0, 2, 1, 3])
 
-            for i in range(cfg["num_hidden_layers"]):
+            for i in range(first, last):
                 p = f"encoder.layer.{i}."
                 q = split(self._dense(x, p + "attention.self.query"))
                 k = split(self._dense(x, p + "attention.self.key"))
@@ -159,6 +170,8 @@ def build_encoder(m: MiniLM, trainable=True, dropout=0.1, seed=42):
                 h = tf.nn.gelu(self._dense(x, p + "intermediate.dense"), approximate=False)
                 h = self.drop(self._dense(h, p + "output.dense"), training=training)
                 x = self._ln(x + h, p + "output.LayerNorm")
+            if not pool:
+                return x
             m3 = mask[:, :, None]
             return tf.reduce_sum(x * m3, 1) / tf.maximum(tf.reduce_sum(m3, 1), 1e-9)
 
@@ -182,6 +195,21 @@ def encode(m: MiniLM, texts, batch_size=128, normalize=True):
         out[idx] = fn(tf.constant(ids), tf.constant(mask)).numpy()
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def wordpiece_vectors(m: MiniLM, words):
+    """One pre-trained vector per word without any forward pass: the mean of the encoder's input
+    (token) embeddings of the word's WordPieces ([CLS]/[SEP] excluded), L2-normalised."""
+    emb = m.weights["embeddings.word_embeddings.weight"]
+    m.tokenizer.no_truncation()
+    enc = m.tokenizer.encode_batch(list(words), add_special_tokens=False)
+    m.tokenizer.enable_truncation(MAX_WORDPIECES)
+    out = np.zeros((len(words), emb.shape[1]), dtype=np.float32)
+    for i, e in enumerate(enc):
+        if e.ids:
+            out[i] = emb[e.ids].mean(0)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
 
 

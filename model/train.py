@@ -70,10 +70,14 @@ HP = dict(
     # Pre-trained knowledge (model/teacher.py; every default below switches it off):
     pretrained_embed=True,  # embedding = frozen teacher word vectors [vocab, 384] @ a learnt [384, embed_dim]
     embed_trainable=False,  # with pretrained_embed: fine-tune the 384-wide word vectors too
-    vocab_extra=True,  # vocabulary also holds training words seen once and the teacher's whole words
+    vocab_extra=False,  # True: vocabulary also holds training words seen once and the teacher's whole words
+    # (29,345 ids: tract then no longer folds the lookup tables and the fused op does not match, 188x
+    # the serving cost; so the vocabulary stays today's: words seen twice, 6,487 ids on train.csv)
+    word_vectors="sentence",  # pretrained_embed's vectors: "sentence" (the word alone through the encoder) or "wordpiece"
     distill_alpha=0.5,  # target = alpha * label + (1 - alpha) * teacher score; 1.0 = no teacher
     distill_temp=1.0,  # teacher score = sigmoid(teacher logit / temp)
     transfer_aug=0,  # augmented variants per training tweet, labelled by the teacher alone
+    teacher="probe",  # whose scores the student learns from: "finetuned" (teacher_scores.npz) or "probe"
 )
 # The teacher: a logistic-regression probe on the frozen encoder's mean-pooled sentence embedding,
 # fitted on each fold's training part (and on all of train.csv for the shipped model).
@@ -385,6 +389,8 @@ def student_vocab(hp, token_lists, extra_words=()):
     if not hp.get("vocab_extra"):
         return vocab
     have = set(vocab)
+    if hp["vocab_extra"] == "train":  # only the training words seen fewer than min_count times
+        extra_words = ()
     rest = sorted(({t for toks in token_lists for t in toks} | set(extra_words)) - have)
     return vocab + rest[: max(0, hp["max_vocab"] - len(vocab))]
 
@@ -420,9 +426,12 @@ def embed_init_for(hp, vocab, tdata):
     if not hp.get("pretrained_embed"):
         return None
     index = tdata["word_index"]
-    w = np.zeros((len(vocab), tdata["word_vecs"].shape[1]), dtype=np.float32)
+    # "sentence": the frozen encoder's output for the word alone; "wordpiece": the mean of its
+    # WordPieces' input embeddings (teacher.wordpiece_vectors)
+    vecs = tdata["wp_vecs"] if hp.get("word_vectors", "sentence") == "wordpiece" else tdata["word_vecs"]
+    w = np.zeros((len(vocab), vecs.shape[1]), dtype=np.float32)
     for i, word in enumerate(vocab[2:], start=2):  # <pad> and <oov> stay zero
-        w[i] = tdata["word_vecs"][index[word]]
+        w[i] = vecs[index[word]]
     return w
 
 
@@ -495,6 +504,7 @@ def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "varia
         return out
 
     word_vecs = cached("words", all_words, 512)
+    wp_vecs = T.wordpiece_vectors(m, all_words)  # no forward pass: cheap, not cached
     emb = cached("tweets", texts, 64) if "tweets" in parts else None
     aug_emb = cached("variants", aug_texts, 64) if "variants" in parts else np.zeros((0, 384), np.float32)
     key = "; ".join(hows)
@@ -502,11 +512,11 @@ def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "varia
     secs = round(time.time() - t0, 1)
     print(f"teacher inputs: {len(texts)} tweets, {len(aug_texts)} variants, {len(all_words)} words ({how}, {secs} s)", flush=True)
     return {"emb": emb, "aug_texts": aug_texts, "aug_emb": aug_emb, "variants": variants, "aug_toks": None,
-            "word_vecs": word_vecs, "word_index": {w: i for i, w in enumerate(all_words)}, "extra_words": extra,
+            "word_vecs": word_vecs, "wp_vecs": wp_vecs, "word_index": {w: i for i, w in enumerate(all_words)}, "extra_words": extra,
             "seconds": secs, "cache_key": key}
 
 
-def teacher_provenance(tdata):
+def teacher_provenance(tdata, teacher=None):
     import importlib.metadata as md
 
     import teacher as T
@@ -522,6 +532,14 @@ def teacher_provenance(tdata):
         "variants_encoded": len(tdata["aug_texts"]),
         "encode_seconds": tdata["seconds"],
         "encode_cache": tdata["cache_key"],
+        "finetuned": teacher and "meta" in teacher and {
+            "scores": "model/teacher_scores.npz",
+            "scores_sha256": teacher["meta"]["npz_sha256"],
+            "config": teacher["meta"]["config"],
+            "seconds": teacher["meta"]["seconds"],
+            "seconds_frozen_layers": teacher["meta"].get("seconds_frozen_layers"),
+            "tensorflow": teacher["meta"]["tensorflow"],
+        },
     }
 
 
@@ -543,6 +561,29 @@ def cv_teacher(cfg, tdata, labels, folds):
         fold_logits.append({"texts": logit, "aug": aug})
         per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-logit[te]))))
     return {"per_fold": per_fold, "folds": fold_logits}
+
+
+def load_finetuned_teacher(model_dir: Path, labels, folds):
+    """The fine-tuned teacher's committed logits (model/finetune_teacher.py writes them): checked
+    against the SHA-256 in teacher_scores.json and against the data and folds used here. Same shape
+    as cv_teacher's result, plus "all" (the teacher fine-tuned on all of train.csv) and "meta"."""
+    meta = json.loads((model_dir / "teacher_scores.json").read_text())
+    npz = model_dir / "teacher_scores.npz"
+    got = hashlib.sha256(npz.read_bytes()).hexdigest()
+    if got != meta["npz_sha256"]:
+        raise SystemExit(f"{npz}: SHA-256 {got}, teacher_scores.json says {meta['npz_sha256']}: "
+                         "re-run `just train --teacher`")
+    z = np.load(npz)
+    assert meta["tweets"] == len(labels), "teacher_scores.npz is for another train.csv"
+    per_fold, fold_logits = [], []
+    for k, (_, te) in enumerate(folds):
+        logit = z[f"texts_{k}"].astype(np.float64)
+        fold_logits.append({"texts": logit, "aug": z[f"aug_{k}"].astype(np.float64)})
+        per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-logit[te]))))
+    # The same held-out metrics as when the scores were made: same folds, same data.
+    assert abs(summarize(per_fold)["mean"]["f1"] - meta["cv"]["mean"]["f1"]) < 1e-9, "folds differ from the teacher's"
+    return {"per_fold": per_fold, "folds": fold_logits, "meta": meta,
+            "all": {"texts": z["texts_all"].astype(np.float64), "aug": z["aug_all"].astype(np.float64)}}
 
 
 def baseline_pipeline(cfg):
@@ -755,12 +796,21 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=
     """The CV table. With choose_epochs, the CNN is trained that many epochs per fold, its held-out
     part scored after each, and the epoch count with the best mean held-out F1 is chosen (and
     written into hp): the per-epoch protocol of --search, for one configuration."""
-    teacher, s_teacher = None, None
-    if tdata is not None:
+    teacher, s_teacher, probe, s_probe = None, None, None, None
+    if tdata is not None and tdata.get("emb") is not None:
         t = time.time()
-        teacher = cv_teacher(TEACHER, tdata, labels, folds)
-        s_teacher = {"model": "all-MiniLM-L6-v2, frozen, mean-pooled + logistic regression (lbfgs)",
-                     "config": TEACHER, **summarize(teacher["per_fold"]), "seconds": round(time.time() - t, 1)}
+        probe = cv_teacher(TEACHER, tdata, labels, folds)
+        s_probe = {"model": "all-MiniLM-L6-v2, frozen, mean-pooled + logistic regression (lbfgs)",
+                   "config": TEACHER, **summarize(probe["per_fold"]), "seconds": round(time.time() - t, 1)}
+    if hp.get("teacher") == "finetuned":
+        teacher = load_finetuned_teacher(Path(__file__).resolve().parent, labels, folds)
+        meta = teacher["meta"]
+        if hp.get("transfer_aug"):
+            assert tdata["variants"] == meta["config"]["variants"], "the transfer set must be the teacher's variants"
+        s_teacher = {"model": meta["cv"]["model"], "config": meta["config"], **summarize(teacher["per_fold"]),
+                     "seconds": meta["seconds"], "scores": "teacher_scores.npz (finetune_teacher.py)"}
+    else:
+        teacher, s_teacher = probe, s_probe
     t = time.time()
     epoch_curve = None
     cnn = cv_cnn(hp, texts, labels, folds, choose_epochs or hp["epochs"], per_epoch=bool(choose_epochs), tdata=tdata,
@@ -796,26 +846,28 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=
                         "folds_cnn_better": int(sum(d > 0 for d in auc_diff))},
         },
     }
+    if s_probe is not None and s_probe is not s_teacher:
+        table["teacher_probe"] = s_probe
     if s_teacher is not None:
         table["teacher"] = s_teacher
         f1_t = [a["f1"] - b["f1"] for a, b in zip(cnn["per_fold"], teacher["per_fold"])]
         table["cnn_minus_teacher"] = {"f1": {"mean": round(float(np.mean(f1_t)), 4), "sd": round(float(np.std(f1_t, ddof=1)), 4)}}
         # The probe's C, chosen the same way on the same folds (cheap: a logistic regression).
         table["teacher_grid"] = []
-        for c in TEACHER_GRID_C:
+        for c in (TEACHER_GRID_C if probe is not None else ()):
             s = summarize(cv_teacher(dict(TEACHER, C=c), tdata, labels, folds)["per_fold"])
             table["teacher_grid"].append({"C": c, "f1": s["mean"]["f1"], "f1_sd": s["sd"]["f1"], "roc_auc": s["mean"]["roc_auc"]})
     if epoch_curve is not None:
         table["cnn_epoch_curve"] = epoch_curve
-    return table, cnn
+    return table, cnn, teacher
 
 
 def print_table(table):
-    for who in ("cnn", "baseline", "teacher"):
+    for who in ("cnn", "baseline", "teacher", "teacher_probe"):
         if who not in table:
             continue
         s = table[who]
-        print(f"{who:9s} " + "  ".join(f"{m} {s['mean'][m]:.4f} ± {s['sd'][m]:.4f}" for m in METRICS), flush=True)
+        print(f"{who:13s} " + "  ".join(f"{m} {s['mean'][m]:.4f} ± {s['sd'][m]:.4f}" for m in METRICS), flush=True)
     print("cnn - baseline", json.dumps(table["cnn_minus_baseline"]), flush=True)
 
 
@@ -877,7 +929,9 @@ def main():
                          "writes cv_search_student_extra.json and stops")
     ap.add_argument("--choose-epochs", type=int, default=0, metavar="N",
                     help="train each fold N epochs and ship the epoch count with the best mean held-out F1")
-    ap.add_argument("--teacher", action="store_true", help="also cross-validate the teacher when HP does not use it")
+    ap.add_argument("--teacher", action="store_true",
+                    help="first re-run model/finetune_teacher.py: fine-tune the teacher per fold and on all of train.csv "
+                         "and rewrite teacher_scores.npz/.json (otherwise the committed scores are read)")
     ap.add_argument("--variants", type=int, default=0, help="augmented variants per tweet to encode (at least HP's transfer_aug)")
     ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache",
                     help="where the frozen encoder's outputs are cached (not committed)")
@@ -885,6 +939,13 @@ def main():
                     help="keep tweets with identical token lists in one fold (a check for duplicate leakage)")
     args = ap.parse_args()
     HP.update(args.hp)
+    if args.teacher:
+        import subprocess
+
+        t = time.time()
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "finetune_teacher.py"),
+                        "--data", str(args.data), "--cache", str(args.cache)], check=True)
+        print(f"finetune_teacher.py: {time.time() - t:.0f} s", flush=True)
     global BASELINE
 
     random.seed(SEED)
@@ -927,9 +988,12 @@ def main():
         HP.update(chosen)
     if student_search is None and (args.out / "cv_search_student.json").exists():
         student_search = json.loads((args.out / "cv_search_student.json").read_text())
-    if tdata is None and (uses_teacher(HP) or args.teacher):
-        tdata = teacher_data(texts, max(HP.get("transfer_aug", 0), args.variants), args.cache)
-    table, cv = cv_report(HP, BASELINE, texts, labels, folds, tdata, args.choose_epochs)
+    if tdata is None and uses_teacher(HP):
+        # The fine-tuned teacher's scores on the variants are committed; the frozen encoder still gives
+        # the word vectors and (for the probe's CV row) the tweets' sentence embeddings.
+        parts = ("words", "tweets") if HP.get("teacher") == "finetuned" else ("words", "tweets", "variants")
+        tdata = teacher_data(texts, max(HP.get("transfer_aug", 0), args.variants), args.cache, parts)
+    table, cv, teacher = cv_report(HP, BASELINE, texts, labels, folds, tdata, args.choose_epochs)
     print_table(table)
     if args.cv_only:
         print(json.dumps(table, indent=1))
@@ -946,7 +1010,10 @@ def main():
     x_all = [pre.ids(t) for t in texts]
     assert x_all == encode(all_toks, vocab)
     final_teacher = None
-    if uses_teacher(HP):
+    if uses_teacher(HP) and HP.get("teacher") == "finetuned":
+        # The shipped student's teacher: MiniLM fine-tuned on all of train.csv.
+        final_teacher = teacher["all"]
+    elif uses_teacher(HP):
         # The shipped student's teacher: the probe fitted on all of train.csv.
         probe = fit_teacher(TEACHER, tdata["emb"], labels)
         final_teacher = {"texts": probe.decision_function(tdata["emb"]),
@@ -1024,7 +1091,7 @@ def main():
             "details": "cv_search_student.json (per-epoch curves)",
             "seconds": student_search["seconds"],
         },
-        "teacher": tdata and teacher_provenance(tdata),
+        "teacher": tdata and teacher_provenance(tdata, teacher),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "onnxruntime": ort.__version__},
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
