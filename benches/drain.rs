@@ -1,4 +1,4 @@
-//! Drain benchmark on a local Apache Kafka (started by `scripts/kafka`): preload N tweets
+//! Drain benchmark on a local Apache Kafka (started by kafka-local): preload N tweets
 //! (test.csv, cycled) into a 3-partition input topic, start a contender, time its first to
 //! last output as seen by a reader of the output topic. Contenders, one after the other on the
 //! same preloaded topic in one run: the worker with the real model; its pass-through mode
@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use kafka_infer::app::data::test_tweets;
 
-#[path = "../tests/support/kafka.rs"]
-mod kafka;
-use kafka::{create_topics, send_waiting, unique, Kafka};
+use kafka_local::{create_topics, send_waiting, unique, Kafka};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};

@@ -1,5 +1,5 @@
 //! Memory under overload: the worker (real model) is fed at twice the rate it can score, for
-//! 60 s, on a local Apache Kafka (scripts/kafka); its resident set is sampled every second.
+//! 60 s, on a local Apache Kafka (kafka-local); its resident set is sampled every second.
 //! What bounds it: librdkafka's per-partition prefetch (`queued.max.messages.kbytes`, set by
 //! the worker), the in-flight budget (`--max-in-flight-bytes`), the producer's queue of small
 //! outputs, and the model — not the backlog, which stays in Kafka.
@@ -14,9 +14,7 @@ use kafka_infer::app::data::test_tweets;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 
-#[path = "../tests/support/kafka.rs"]
-mod kafka;
-use kafka::{create_topics, send_waiting, unique, Kafka};
+use kafka_local::{create_topics, send_waiting, unique, Kafka};
 
 const PARTITIONS: i32 = 3;
 

@@ -46,9 +46,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-#[path = "../tests/support/kafka.rs"]
-mod kafka;
-use kafka::{create_topics, send_waiting, unique, Kafka};
+use kafka_local::{create_topics, send_waiting, unique, Kafka};
 
 const PARTITIONS: i32 = 3;
 /// Makes this binary the bare-librdkafka contender (it runs itself as a child process, so its

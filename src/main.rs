@@ -136,10 +136,17 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         let _ = writeln!(io::stderr(), "kafka-infer: error: {reason}");
         return Ok(3);
     }
+    if let Some(why) = &summary.uncommitted {
+        let _ = writeln!(
+            io::stderr(),
+            "kafka-infer: error: stopped without committing its progress ({why}): the records after the last commit will be processed again after a restart"
+        );
+        return Ok(2);
+    }
     if summary.undelivered > 0 {
         let _ = writeln!(
             io::stderr(),
-            "kafka-infer: error: stopped with {} consumed records undelivered (they will be processed again after a restart)",
+            "kafka-infer: error: stopped with {} consumed records undelivered or uncommitted (they will be processed again after a restart)",
             summary.undelivered
         );
         return Ok(2);

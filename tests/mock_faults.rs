@@ -10,7 +10,7 @@ use kafka_infer::app::cli::{Cli, Command};
 use kafka_infer::app::shutdown::Shutdown;
 use kafka_infer::app::worker::{self, WorkerConfig};
 use kafka_infer::batching::BatchPolicy;
-use kafka_infer::kafka::sink::Guarantee;
+use kafka_infer::kafka::Guarantee;
 use kafka_infer::model::files::ModelFiles;
 use kafka_infer::model::live::{LiveModel, Models};
 use kafka_infer::obs::metrics::Metrics;

@@ -1,4 +1,4 @@
-//! loadgen against the real worker on Apache Kafka (started by `scripts/kafka`): every tweet
+//! loadgen against the real worker on Apache Kafka (started by kafka-local): every tweet
 //! sent comes back exactly once, and the latency files are written.
 //!
 //! Needs the worker binary next to loadgen's: `cargo test --release --workspace` (or
@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/support/kafka.rs"]
-mod kafka;
-use kafka::{create_topics, unique, Kafka};
+use kafka_local::{create_topics, unique, Kafka};
 
 /// The worker child process; stopped with SIGTERM (it drains and exits), killed if it does
 /// not exit in time.

@@ -7,9 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::app::worker::WorkerConfig;
-use crate::batching::latency::{LatencyBudget, DEFAULT_LATENCY_BUDGET_MS};
 use crate::batching::BatchPolicy;
-use crate::kafka::sink::Guarantee;
+use crate::kafka::Guarantee;
 
 /// Scores tweets with a disaster-tweet CNN: offline (`score`), as a Kafka worker (`run`), or
 /// end to end against an in-process demo broker (`demo`).
@@ -96,15 +95,20 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.to_owned()))
 }
 
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The one source of defaults: the worker's own (`WorkerConfig::default()`).
+fn d() -> WorkerConfig {
+    WorkerConfig::default()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Batching and pipeline tuning shared by `run` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
     /// Close a batch at this many records.
-    #[arg(long, env = "KAFKA_INFER_MAX_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, env = "KAFKA_INFER_MAX_BATCH", default_value_t = d().policy.max_batch as u32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_batch: u32,
     /// The latency the worker may spend coalescing work, in ms: the one knob between latency
     /// and CPU per tweet at moderate rates. It is split between the consumer's fetch wait (70 %:
@@ -113,34 +117,34 @@ pub struct PipelineArgs {
     /// stage fills by size long before its time is up, so only moderate and low rates pay it.
     /// 0: latency first (a fetch, a batch and a produce request as soon as anything is there).
     /// librdkafka settings given with -X take precedence.
-    #[arg(long, env = "KAFKA_INFER_LATENCY_BUDGET_MS", default_value_t = DEFAULT_LATENCY_BUDGET_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "KAFKA_INFER_LATENCY_BUDGET_MS", default_value_t = ms(d().latency_budget), value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub latency_budget_ms: u64,
     /// Under load, close a batch at the latest this long after its first tweet arrived, even if
     /// not full.
-    #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = 5)]
+    #[arg(long, env = "KAFKA_INFER_MAX_WAIT_MS", default_value_t = ms(d().policy.max_wait))]
     pub max_wait_ms: u64,
     /// Close a batch before batch size × longest tweet (padded tokens) would exceed this.
-    #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = 32768, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_MAX_BATCH_TOKENS", default_value_t = d().policy.max_tokens as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_tokens: u32,
     /// Chunks (the records one partition thread read in one go, at most --max-batch) queued
     /// between the partition threads and the batcher. When full, partition threads wait.
-    #[arg(long, env = "KAFKA_INFER_CHANNEL_CAPACITY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_CHANNEL_CAPACITY", default_value_t = d().channel_capacity as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub channel_capacity: u32,
     /// Bound on the memory held by records consumed but not yet handed to the producer
     /// (keys, values, token ids), in bytes. When spent, partition threads wait.
-    #[arg(long, env = "KAFKA_INFER_MAX_IN_FLIGHT_BYTES", default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_MAX_IN_FLIGHT_BYTES", default_value_t = d().max_in_flight_bytes as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_in_flight_bytes: u64,
     /// Threads running inference, each with its own model state [default: number of cores].
     #[arg(long, env = "KAFKA_INFER_INFERENCE_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub inference_threads: Option<u32>,
     /// At-least-once: commit acknowledged offsets this often (also on revoke and at shutdown).
-    #[arg(long, env = "KAFKA_INFER_COMMIT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_COMMIT_INTERVAL_MS", default_value_t = ms(d().commit_interval), value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_interval_ms: u64,
     /// On revoke or shutdown, wait at most this long for consumed records to be delivered.
-    #[arg(long, env = "KAFKA_INFER_DRAIN_TIMEOUT_MS", default_value_t = 10000)]
+    #[arg(long, env = "KAFKA_INFER_DRAIN_TIMEOUT_MS", default_value_t = ms(d().drain_timeout))]
     pub drain_timeout_ms: u64,
     /// Records whose value is larger than this go to the dead-letter topic unparsed.
-    #[arg(long, env = "KAFKA_INFER_MAX_TEXT_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_MAX_TEXT_BYTES", default_value_t = d().max_text_bytes as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_text_bytes: u32,
     /// BENCHMARK MODE ONLY: skip the model and score every tweet 0.5 (still decodes, tokenizes,
     /// batches, produces and commits). Measures the worker's own overhead.
@@ -150,15 +154,12 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     pub fn policy(&self) -> BatchPolicy {
-        let max_wait = Duration::from_millis(self.max_wait_ms);
-        BatchPolicy {
-            max_batch: self.max_batch as usize,
-            max_wait,
-            gather: LatencyBudget::new(self.latency_budget())
-                .gather()
-                .min(max_wait),
-            max_tokens: self.max_batch_tokens as usize,
-        }
+        BatchPolicy::new(
+            self.max_batch as usize,
+            Duration::from_millis(self.max_wait_ms),
+            self.latency_budget(),
+            self.max_batch_tokens as usize,
+        )
     }
 
     pub fn latency_budget(&self) -> Duration {
@@ -193,42 +194,21 @@ impl PipelineArgs {
         args
     }
 
-    pub fn threads(&self) -> usize {
-        self.inference_threads
-            .map_or_else(default_threads, |n| n as usize)
-    }
-
-    /// A worker configuration with this tuning; connection and topic fields are left empty for
-    /// the caller to fill in.
-    pub fn worker_config(&self) -> WorkerConfig {
+    /// `base` with this tuning.
+    pub fn apply(&self, base: WorkerConfig) -> WorkerConfig {
         WorkerConfig {
-            brokers: String::new(),
-            group_id: String::new(),
-            input_topic: String::new(),
-            output_topic: String::new(),
-            dlq_topic: String::new(),
             policy: self.policy(),
             latency_budget: self.latency_budget(),
             channel_capacity: self.channel_capacity as usize,
-            inference_threads: self.threads(),
+            inference_threads: self
+                .inference_threads
+                .map_or(base.inference_threads, |n| n as usize),
             commit_interval: Duration::from_millis(self.commit_interval_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             max_text_bytes: self.max_text_bytes as usize,
             max_in_flight_bytes: usize::try_from(self.max_in_flight_bytes).unwrap_or(usize::MAX),
-            metrics_addr: None,
-            log_interval: Duration::from_secs(60),
-            startup_timeout: Duration::from_secs(10),
-            client_properties: Vec::new(),
-            guarantee: Guarantee::AtLeastOnce,
-            transactional_id_prefix: None,
-            transaction_interval: Duration::from_millis(100),
-            max_rewinds: 5,
-            stall_timeout: Duration::from_secs(120),
-            model_dir: None,
-            model_poll: Duration::from_secs(5),
             passthrough: self.benchmark_passthrough,
-            shadow_model_dir: None,
-            shadow_topic: None,
+            ..base
         }
     }
 }
@@ -236,6 +216,15 @@ impl PipelineArgs {
 /// `--metrics-addr`: an address to listen on, or none ("off").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("off"),
+        }
+    }
+}
 
 fn parse_metrics_addr(s: &str) -> Result<ListenAddr, String> {
     if s.eq_ignore_ascii_case("off") {
@@ -249,23 +238,23 @@ fn parse_metrics_addr(s: &str) -> Result<ListenAddr, String> {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Kafka bootstrap servers (host:port,...).
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value_t = d().brokers)]
     pub brokers: String,
     /// Consumer group.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "kafka-infer")]
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value_t = d().group_id)]
     pub group_id: String,
     /// Topic to read tweets from.
-    #[arg(long, env = "KAFKA_INPUT_TOPIC", default_value = "incoming_tweet")]
+    #[arg(long, env = "KAFKA_INPUT_TOPIC", default_value_t = d().input_topic)]
     pub input_topic: String,
     /// Topic to write scores to.
     #[arg(
         long,
         env = "KAFKA_OUTPUT_TOPIC",
-        default_value = "tweet_disaster_inference"
+        default_value_t = d().output_topic
     )]
     pub output_topic: String,
     /// Topic for records that cannot be scored.
-    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "incoming_tweet.dlq")]
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value_t = d().dlq_topic)]
     pub dlq_topic: String,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -275,7 +264,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "KAFKA_INFER_METRICS_ADDR",
-        default_value = "127.0.0.1:9898",
+        default_value_t = ListenAddr(d().metrics_addr),
         value_parser = parse_metrics_addr
     )]
     pub metrics_addr: ListenAddr,
@@ -283,7 +272,7 @@ pub struct RunArgs {
     /// (duplicates possible after a crash or rebalance). exactly-once: each input partition has
     /// its own transactional producer; outputs and input offsets commit in one transaction, so
     /// read_committed readers see each prediction once.
-    #[arg(long, env = "KAFKA_INFER_GUARANTEE", value_enum, default_value_t = Guarantee::AtLeastOnce)]
+    #[arg(long, env = "KAFKA_INFER_GUARANTEE", value_enum, default_value_t = d().guarantee)]
     pub guarantee: Guarantee,
     /// Exactly-once: transactional.id prefix; partition P of the input topic T writes with
     /// "<prefix>-T-P", which fences any earlier owner of that partition [default: the group id].
@@ -291,22 +280,22 @@ pub struct RunArgs {
     pub transactional_id_prefix: Option<String>,
     /// Exactly-once: how long one transaction stays open (it spans the batches of that time).
     /// Longer: fewer commits, more throughput; read_committed readers see outputs this much later.
-    #[arg(long, env = "KAFKA_INFER_TRANSACTION_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KAFKA_INFER_TRANSACTION_INTERVAL_MS", default_value_t = ms(d().transaction_interval), value_parser = clap::value_parser!(u64).range(1..))]
     pub transaction_interval_ms: u64,
     /// Rewinds of a partition in a row (after failed outputs) without progress before the worker
     /// stops with an error (exit code 3).
-    #[arg(long, env = "KAFKA_INFER_MAX_REWINDS", default_value_t = 5)]
+    #[arg(long, env = "KAFKA_INFER_MAX_REWINDS", default_value_t = d().max_rewinds)]
     pub max_rewinds: u32,
     /// /healthz reports 503 when a partition has records in flight and no output acknowledged
     /// for this long.
-    #[arg(long, env = "KAFKA_INFER_STALL_TIMEOUT_MS", default_value_t = 120_000)]
+    #[arg(long, env = "KAFKA_INFER_STALL_TIMEOUT_MS", default_value_t = ms(d().stall_timeout))]
     pub stall_timeout_ms: u64,
     /// With --model-dir: look for a new model there this often (0: only on SIGHUP). A change is
     /// loaded once the files have stayed the same for one interval, validated against its own
     /// golden vectors off the hot path, and swapped in between chunks; a model that fails
     /// validation is rejected (log line, metric) and the live one keeps serving. Replace model
     /// directories atomically (rename, or switch a symlink) rather than file by file.
-    #[arg(long, env = "KAFKA_INFER_MODEL_POLL_MS", default_value_t = 5000)]
+    #[arg(long, env = "KAFKA_INFER_MODEL_POLL_MS", default_value_t = ms(d().model_poll))]
     pub model_poll_ms: u64,
     /// A candidate model directory: it scores every batch too, off the hot path (shed, never
     /// delaying live work, when it cannot keep up), into --shadow-topic with the same key and
@@ -317,10 +306,10 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_INFER_SHADOW_TOPIC", requires = "shadow_model_dir")]
     pub shadow_topic: Option<String>,
     /// Log a one-line stats summary this often.
-    #[arg(long, env = "KAFKA_INFER_LOG_INTERVAL_MS", default_value_t = 5000)]
+    #[arg(long, env = "KAFKA_INFER_LOG_INTERVAL_MS", default_value_t = ms(d().log_interval))]
     pub log_interval_ms: u64,
     /// Give up at start-up if the broker does not answer within this time.
-    #[arg(long, env = "KAFKA_INFER_STARTUP_TIMEOUT_MS", default_value_t = 10000)]
+    #[arg(long, env = "KAFKA_INFER_STARTUP_TIMEOUT_MS", default_value_t = ms(d().startup_timeout))]
     pub startup_timeout_ms: u64,
     /// A librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL. Prefix with
     /// "consumer." or "producer." to set it on one client only (e.g. -X consumer.fetch.wait.max.ms=1).
@@ -331,7 +320,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn worker_config(&self) -> WorkerConfig {
-        WorkerConfig {
+        self.pipeline.apply(WorkerConfig {
             brokers: self.brokers.clone(),
             group_id: self.group_id.clone(),
             input_topic: self.input_topic.clone(),
@@ -350,8 +339,8 @@ impl RunArgs {
             log_interval: Duration::from_millis(self.log_interval_ms),
             startup_timeout: Duration::from_millis(self.startup_timeout_ms),
             client_properties: self.properties.clone(),
-            ..self.pipeline.worker_config()
-        }
+            ..WorkerConfig::default()
+        })
     }
 }
 
@@ -381,4 +370,42 @@ pub struct DemoArgs {
     pub steady_seconds: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_lines_defaults_are_the_workers_defaults() {
+        let Command::Run(args) = Cli::parse_from(["kafka-infer", "run"]).command else {
+            unreachable!("parsed a run command");
+        };
+        assert_eq!(args.worker_config(), WorkerConfig::default());
+    }
+
+    #[test]
+    fn the_demo_passes_its_pipeline_flags_on_to_the_worker_it_starts() {
+        let Command::Demo(demo) = Cli::parse_from([
+            "kafka-infer",
+            "demo",
+            "--latency-budget-ms",
+            "3",
+            "--max-batch",
+            "64",
+        ])
+        .command
+        else {
+            unreachable!("parsed a demo command");
+        };
+        let mut argv = vec!["kafka-infer".to_owned(), "run".to_owned()];
+        argv.extend(demo.pipeline.to_args());
+        let Command::Run(run) = Cli::parse_from(argv).command else {
+            unreachable!("parsed a run command");
+        };
+        let cfg = run.worker_config();
+        assert_eq!(cfg.latency_budget, Duration::from_millis(3));
+        assert_eq!(cfg.policy.max_batch, 64);
+        assert_eq!(cfg.policy, demo.pipeline.policy());
+    }
 }

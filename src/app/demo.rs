@@ -286,54 +286,23 @@ fn steady(
     worker: &mut Worker,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let rate = f64::from(plan.rate.max(1));
-    let warmup = Duration::from_secs(1);
-    let total = warmup + plan.steady;
-    let n_total = (rate * total.as_secs_f64()) as u64;
-    let n_warm = (rate * warmup.as_secs_f64()) as u64;
     println!(
         "\nsteady rate: {} tweets/s for {} s (after 1 s of warm-up), each tweet timestamped when due",
         plan.rate,
         plan.steady.as_secs()
     );
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)
-        .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
-    let t0 = Instant::now();
-    let ms0 = now_ms();
-    let (mut sent, mut scored) = (0u64, 0u64);
-    let mut cpu_from = None;
-    let mut next_status = t0 + Duration::from_secs(1);
+    let mut run = SteadyRun::new(plan)?;
+    let mut next_status = run.t0 + Duration::from_secs(1);
     let tty = std::io::stdout().is_terminal();
-    let grace_until = t0 + total + Duration::from_secs(10);
-    while scored < n_total - n_warm && Instant::now() < grace_until && !shutdown.is_requested() {
-        // Send what is due.
-        let due = ((t0.elapsed().as_secs_f64() * rate) as u64).min(n_total);
-        while sent < due {
-            let text = &plan.tweets[sent as usize % plan.tweets.len()];
-            let ts = ms0 + (sent as f64 * 1000.0 / rate) as i64;
-            send(producer, &format!("s{sent}"), text, Some(ts))?;
-            sent += 1;
-            if sent == n_warm {
-                cpu_from = worker.cpu_seconds().map(|c| (c, sent));
-            }
-        }
-        // Read what arrived.
+    let grace_until = run.t0 + run.total + Duration::from_secs(10);
+    while run.scored < run.counted() && Instant::now() < grace_until && !shutdown.is_requested() {
+        run.send_due(plan, producer, worker)?;
         if let Some(Ok(msg)) = reader.poll(Duration::from_millis(1)) {
-            let seq = msg
-                .key()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .and_then(|k| k.strip_prefix('s'))
-                .and_then(|k| k.parse::<u64>().ok());
-            if let (Some(seq), Some(ts)) = (seq, msg.timestamp().to_millis()) {
-                if seq >= n_warm {
-                    scored += 1;
-                    latency.saturating_record(u64::try_from(now_ms() - ts).unwrap_or(0).max(1));
-                }
-            }
+            run.arrived(&msg);
         }
         if Instant::now() >= next_status {
             worker.check()?;
-            let line = progress(t0.elapsed(), sent, scored, &latency, cpu_from, worker);
+            let line = run.progress(worker);
             if tty {
                 print!("\r{line}   ");
                 let _ = std::io::stdout().flush();
@@ -343,26 +312,113 @@ fn steady(
             next_status += Duration::from_secs(1);
         }
     }
-    let line = progress(t0.elapsed(), sent, scored, &latency, cpu_from, worker);
     if tty {
-        println!("\r{line}   ");
+        println!("\r{}   ", run.progress(worker));
     }
-    let cpu = cpu_per_tweet(cpu_from, sent, worker);
+    let cpu = cpu_per_tweet(run.cpu_from, run.sent, worker);
     println!(
         "at {} tweets/s: {} scored of {} sent after the warm-up; CPU {} per tweet ({} of a core); end to end p50 {} ms, p99 {} ms, max {} ms",
         plan.rate,
-        scored,
-        n_total - n_warm,
+        run.scored,
+        run.counted(),
         cpu.map_or_else(|| "n/a".into(), |us| format!("{us:.0} µs")),
-        cpu.map_or_else(|| "n/a".into(), |us| format!("{:.1} %", us * rate / 1e4)),
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.99),
-        latency.max()
+        cpu.map_or_else(|| "n/a".into(), |us| format!("{:.1} %", us * run.rate / 1e4)),
+        run.latency.value_at_quantile(0.5),
+        run.latency.value_at_quantile(0.99),
+        run.latency.max()
     );
     println!(
         "(the demo broker answers a fetch later than Kafka would, up to two fetch waits; README \"Cost per tweet at steady rates\" has the figures on Apache Kafka)"
     );
     Ok(())
+}
+
+/// The steady act's bookkeeping.
+struct SteadyRun {
+    rate: f64,
+    total: Duration,
+    n_total: u64,
+    n_warm: u64,
+    t0: Instant,
+    ms0: i64,
+    sent: u64,
+    scored: u64,
+    /// The worker's CPU seconds and tweets sent when the warm-up ended.
+    cpu_from: Option<(f64, u64)>,
+    latency: Histogram<u64>,
+}
+
+impl SteadyRun {
+    fn new(plan: &DemoPlan<'_>) -> Result<SteadyRun> {
+        let rate = f64::from(plan.rate.max(1));
+        let warmup = Duration::from_secs(1);
+        let total = warmup + plan.steady;
+        Ok(SteadyRun {
+            rate,
+            total,
+            n_total: (rate * total.as_secs_f64()) as u64,
+            n_warm: (rate * warmup.as_secs_f64()) as u64,
+            t0: Instant::now(),
+            ms0: now_ms(),
+            sent: 0,
+            scored: 0,
+            cpu_from: None,
+            latency: Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)
+                .map_err(|e| anyhow::anyhow!("histogram: {e}"))?,
+        })
+    }
+
+    /// Tweets counted (sent after the warm-up).
+    fn counted(&self) -> u64 {
+        self.n_total - self.n_warm
+    }
+
+    /// Sends what is due by now, each stamped with the time it was due.
+    fn send_due(
+        &mut self,
+        plan: &DemoPlan<'_>,
+        producer: &BaseProducer,
+        worker: &Worker,
+    ) -> Result<()> {
+        let due = ((self.t0.elapsed().as_secs_f64() * self.rate) as u64).min(self.n_total);
+        while self.sent < due {
+            let text = &plan.tweets[self.sent as usize % plan.tweets.len()];
+            let ts = self.ms0 + (self.sent as f64 * 1000.0 / self.rate) as i64;
+            send(producer, &format!("s{}", self.sent), text, Some(ts))?;
+            self.sent += 1;
+            if self.sent == self.n_warm {
+                self.cpu_from = worker.cpu_seconds().map(|c| (c, self.sent));
+            }
+        }
+        Ok(())
+    }
+
+    /// A score read back: counted after the warm-up, its latency from the due time.
+    fn arrived(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) {
+        let seq = msg
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix('s'))
+            .and_then(|k| k.parse::<u64>().ok());
+        if let (Some(seq), Some(ts)) = (seq, msg.timestamp().to_millis()) {
+            if seq >= self.n_warm {
+                self.scored += 1;
+                let ms = u64::try_from(now_ms() - ts).unwrap_or(0).max(1);
+                self.latency.saturating_record(ms);
+            }
+        }
+    }
+
+    fn progress(&self, worker: &Worker) -> String {
+        progress(
+            self.t0.elapsed(),
+            self.sent,
+            self.scored,
+            &self.latency,
+            self.cpu_from,
+            worker,
+        )
+    }
 }
 
 /// CPU µs per tweet sent since the warm-up ended (`from`: the CPU seconds and tweets sent then).

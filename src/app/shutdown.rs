@@ -16,7 +16,12 @@ pub const FORCED_EXIT_CODE: i32 = 130;
 
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
+    /// A stop was asked for: by a caller, a fatal error, or a signal.
     requested: Arc<AtomicBool>,
+    /// A SIGINT/SIGTERM arrived. Kept apart from `requested`: after a fatal error the first
+    /// signal must not count as the second (which exits at once, 130) — the drain it would cut
+    /// short is the one that reports the fatal error (exit code 3).
+    signalled: Arc<AtomicBool>,
     fatal: Arc<Mutex<Option<String>>>,
 }
 
@@ -34,9 +39,10 @@ impl Shutdown {
             signal_hook::flag::register_conditional_shutdown(
                 sig,
                 FORCED_EXIT_CODE,
-                self.requested.clone(),
+                self.signalled.clone(),
             )
             .map_err(err)?;
+            signal_hook::flag::register(sig, self.signalled.clone()).map_err(err)?;
             signal_hook::flag::register(sig, self.requested.clone()).map_err(err)?;
         }
         Ok(self)
@@ -71,6 +77,17 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fatal_stop_is_not_a_signal() {
+        let s = Shutdown::new();
+        s.fail("partition 2 stuck");
+        assert!(s.is_requested());
+        assert!(
+            !s.signalled.load(Ordering::SeqCst),
+            "the first SIGTERM after a fatal error must not be taken for the second"
+        );
+    }
 
     #[test]
     fn the_first_fatal_reason_is_kept_and_requests_a_stop() {

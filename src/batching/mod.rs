@@ -22,7 +22,7 @@ pub use queue::{channel, BatchQueue, ChunkSender, Doorbell, Turn};
 use std::time::{Duration, Instant};
 
 /// When to close a batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
     pub max_batch: usize,
     /// A batch closes at the latest this long after its first chunk.
@@ -32,6 +32,27 @@ pub struct BatchPolicy {
     pub gather: Duration,
     /// Budget in padded tokens (`len × longest`), bounding one inference's tensor size.
     pub max_tokens: usize,
+}
+
+impl BatchPolicy {
+    /// The policy for batches of up to `max_batch` records and `max_tokens` padded tokens,
+    /// closed `max_wait` after their first chunk at the latest, gathering for the share of
+    /// `latency_budget` that is the batch's (never past `max_wait`).
+    pub fn new(
+        max_batch: usize,
+        max_wait: Duration,
+        latency_budget: Duration,
+        max_tokens: usize,
+    ) -> BatchPolicy {
+        BatchPolicy {
+            max_batch,
+            max_wait,
+            gather: latency::LatencyBudget::new(latency_budget)
+                .gather()
+                .min(max_wait),
+            max_tokens,
+        }
+    }
 }
 
 /// What the gatherer should do next, with the chunks it holds.

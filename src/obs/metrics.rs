@@ -242,72 +242,153 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Every counter: name (without `kafka_infer_` and `_total`) and help, in the order
+/// `Metrics::new` takes them.
+const COUNTERS: [(&str, &str); 17] = [
+    ("records_consumed", "Records read from the input topic"),
+    ("records_predicted", "Predictions acknowledged by the broker"),
+    ("records_dead_lettered", "Dead letters acknowledged by the broker"),
+    (
+        "dead_letters_truncated",
+        "Dead letters whose value or key was cut to fit the dead-letter topic's size limit",
+    ),
+    (
+        "delivery_errors",
+        "Outputs the broker did not accept (the partition then rewinds to its last commit)",
+    ),
+    ("records_redelivered", "Records handed over twice by the client, skipped"),
+    (
+        "partition_rewinds",
+        "Times a partition restarted from its last commit after a failed output",
+    ),
+    (
+        "consume_errors",
+        "Errors reading a partition (any but an offset reset stops the worker)",
+    ),
+    (
+        "client_errors",
+        "Errors reported by the Kafka clients (connections, rebalances, …)",
+    ),
+    ("commit_errors", "Offset commits that failed"),
+    (
+        "partition_failures",
+        "Partitions that could not make progress (the worker stops)",
+    ),
+    (
+        "undelivered_at_revoke",
+        "Records still undelivered or uncommitted when their partition was revoked (re-processed by the next owner)",
+    ),
+    ("transactions_committed", "Exactly-once transactions committed"),
+    ("transactions_aborted", "Exactly-once transactions aborted"),
+    (
+        "shadow_shed",
+        "Tweets the shadow model did not score because its queue was full (live work is never shed)",
+    ),
+    ("shadow_scored", "Tweets the shadow model scored"),
+    (
+        "shadow_errors",
+        "Shadow outputs not written (queue full or refused by the broker)",
+    ),
+];
+
+/// The per-partition gauges: committed offset, lag, records in flight.
+const PARTITION_GAUGES: [(&str, &str); 3] = [
+    (
+        "committed_offset",
+        "Last committed offset (next to read) per input partition",
+    ),
+    (
+        "consumer_lag",
+        "Records of the partition not yet committed by this worker: the partition's last stable offset minus the worker's committed position (exactly-once: in its transactions)",
+    ),
+    (
+        "in_flight",
+        "Records consumed whose outputs are not acknowledged yet, per input partition",
+    ),
+];
+
+/// The remaining families, registered together.
+struct Fam {
+    in_flight_bytes: Gauge,
+    model_info: Family<Labels, Gauge>,
+    shadow_agreement: Family<Labels, Gauge<f64, AtomicU64>>,
+    shadow_mean_abs_diff: Family<Labels, Gauge<f64, AtomicU64>>,
+    reloads: Family<Labels, Counter>,
+    records_per_cpu_second: Gauge<f64, AtomicU64>,
+}
+
+impl Fam {
+    fn register(registry: &mut Registry, model_version: &str) -> Fam {
+        let f = Fam {
+            in_flight_bytes: Gauge::default(),
+            model_info: Family::default(),
+            shadow_agreement: Family::default(),
+            shadow_mean_abs_diff: Family::default(),
+            reloads: Family::default(),
+            records_per_cpu_second: Gauge::default(),
+        };
+        registry.register(
+            "in_flight_bytes",
+            "Bytes held by records between consumption and production (bounded by --max-in-flight-bytes)",
+            f.in_flight_bytes.clone(),
+        );
+        f.model_info
+            .get_or_create(&vec![("version", model_version.to_owned())])
+            .set(1);
+        registry.register(
+            "model_info",
+            "The live model's version (1 for the one in use)",
+            f.model_info.clone(),
+        );
+        registry.register(
+            "shadow_agreement_rate",
+            "Share of tweets on which the shadow model and the live one agree at the 0.5 threshold",
+            f.shadow_agreement.clone(),
+        );
+        registry.register(
+            "shadow_mean_abs_diff",
+            "Mean |shadow score - live score|",
+            f.shadow_mean_abs_diff.clone(),
+        );
+        registry.register(
+            "model_reloads",
+            "Model reloads by result: ok (swapped in) or rejected (failed validation; the live model kept serving)",
+            f.reloads.clone(),
+        );
+        registry.register(
+            "records_per_cpu_second",
+            "Records acknowledged (predictions and dead letters) per CPU second of the whole process, over the last log interval",
+            f.records_per_cpu_second.clone(),
+        );
+        f
+    }
+}
+
 impl Metrics {
     pub fn new(model_version: &str) -> Self {
         let mut registry = Registry::with_prefix("kafka_infer");
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let consumed_total = counter("records_consumed", "Records read from the input topic");
-        let predicted_total = counter(
-            "records_predicted",
-            "Predictions acknowledged by the broker",
-        );
-        let dead_lettered_total = counter(
-            "records_dead_lettered",
-            "Dead letters acknowledged by the broker",
-        );
-        let dead_letters_truncated_total = counter(
-            "dead_letters_truncated",
-            "Dead letters whose value was cut to fit the dead-letter topic's size limit",
-        );
-        let delivery_errors_total = counter(
-            "delivery_errors",
-            "Outputs the broker did not accept (the partition then rewinds to its last commit)",
-        );
-        let redelivered_total = counter(
-            "records_redelivered",
-            "Records handed over twice by the client, skipped",
-        );
-        let rewinds_total = counter(
-            "partition_rewinds",
-            "Times a partition restarted from its last commit after a failed output",
-        );
-        let consume_errors_total = counter(
-            "consume_errors",
-            "Errors reading a partition (any but an offset reset stops the worker)",
-        );
-        let client_errors_total = counter(
-            "client_errors",
-            "Errors reported by the Kafka clients (connections, rebalances, …)",
-        );
-        let commit_errors_total = counter("commit_errors", "Offset commits that failed");
-        let partition_failures_total = counter(
-            "partition_failures",
-            "Partitions that could not make progress (the worker stops)",
-        );
-        let undelivered_at_revoke_total = counter(
-            "undelivered_at_revoke",
-            "Records still undelivered when their partition was revoked (re-processed by the next owner)",
-        );
-        let transactions_committed_total = counter(
-            "transactions_committed",
-            "Exactly-once transactions committed",
-        );
-        let transactions_aborted_total =
-            counter("transactions_aborted", "Exactly-once transactions aborted");
-        let stage_seconds = Family::<Labels, Histogram>::new_with_constructor(
+        let [consumed_total, predicted_total, dead_lettered_total, dead_letters_truncated_total, delivery_errors_total, redelivered_total, rewinds_total, consume_errors_total, client_errors_total, commit_errors_total, partition_failures_total, undelivered_at_revoke_total, transactions_committed_total, transactions_aborted_total, shadow_shed_total, shadow_scored_total, shadow_errors_total] =
+            COUNTERS.map(|(name, help)| {
+                let c = Counter::default();
+                registry.register(name, help, c.clone());
+                c
+            });
+        let [committed, lag, in_flight] = PARTITION_GAUGES.map(|(name, help)| {
+            let g = Family::<Labels, Gauge>::default();
+            registry.register(name, help, g.clone());
+            g
+        });
+        let f = Fam::register(&mut registry, model_version);
+        let stage_family = Family::<Labels, Histogram>::new_with_constructor(
             (|| Histogram::new(LATENCY_BUCKETS_S)) as fn() -> Histogram,
         );
         registry.register(
             "stage_seconds",
             "Latency per pipeline stage",
-            stage_seconds.clone(),
+            stage_family.clone(),
         );
         let stage_seconds = STAGES.map(|(_, name)| {
-            stage_seconds
+            stage_family
                 .get_or_create(&vec![("stage", name.to_owned())])
                 .clone()
         });
@@ -316,80 +397,6 @@ impl Metrics {
             "batch_size",
             "Records per inference batch",
             batch_size.clone(),
-        );
-        let mut gauge = |name: &str, help: &str| {
-            let g = Family::<Labels, Gauge>::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let committed = gauge(
-            "committed_offset",
-            "Last committed offset (next to read) per input partition",
-        );
-        let lag = gauge(
-            "consumer_lag",
-            "High watermark minus consumer position, per input partition",
-        );
-        let in_flight = gauge(
-            "in_flight",
-            "Records consumed whose outputs are not acknowledged yet, per input partition",
-        );
-        let in_flight_bytes = Gauge::default();
-        registry.register(
-            "in_flight_bytes",
-            "Bytes held by records between consumption and production (bounded by --max-in-flight-bytes)",
-            in_flight_bytes.clone(),
-        );
-        let model_info = Family::<Labels, Gauge>::default();
-        model_info
-            .get_or_create(&vec![("version", model_version.to_owned())])
-            .set(1);
-        registry.register(
-            "model_info",
-            "The live model's version (1 for the one in use)",
-            model_info.clone(),
-        );
-        let shadow_shed_total = Counter::default();
-        registry.register(
-            "shadow_shed",
-            "Tweets the shadow model did not score because its queue was full (live work is never shed)",
-            shadow_shed_total.clone(),
-        );
-        let shadow_scored_total = Counter::default();
-        registry.register(
-            "shadow_scored",
-            "Tweets the shadow model scored",
-            shadow_scored_total.clone(),
-        );
-        let shadow_errors_total = Counter::default();
-        registry.register(
-            "shadow_errors",
-            "Shadow outputs not written (queue full or refused by the broker)",
-            shadow_errors_total.clone(),
-        );
-        let shadow_agreement = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "shadow_agreement_rate",
-            "Share of tweets on which the shadow model and the live one agree at the 0.5 threshold",
-            shadow_agreement.clone(),
-        );
-        let shadow_mean_abs_diff = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "shadow_mean_abs_diff",
-            "Mean |shadow score - live score|",
-            shadow_mean_abs_diff.clone(),
-        );
-        let reloads = Family::<Labels, Counter>::default();
-        registry.register(
-            "model_reloads",
-            "Model reloads by result: ok (swapped in) or rejected (failed validation; the live model kept serving)",
-            reloads.clone(),
-        );
-        let records_per_cpu_second = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "records_per_cpu_second",
-            "Records acknowledged (predictions and dead letters) per CPU second of the whole process, over the last log interval",
-            records_per_cpu_second.clone(),
         );
         Metrics {
             registry,
@@ -412,21 +419,21 @@ impl Metrics {
             committed,
             lag,
             in_flight,
-            in_flight_bytes,
-            model_info,
+            in_flight_bytes: f.in_flight_bytes,
+            model_info: f.model_info,
             shadow_shed_total,
             shadow_scored_total,
             shadow_errors_total,
-            shadow_agreement,
-            shadow_mean_abs_diff,
-            reloads,
+            shadow_agreement: f.shadow_agreement,
+            shadow_mean_abs_diff: f.shadow_mean_abs_diff,
+            reloads: f.reloads,
             stages_hdr: std::array::from_fn(|_| Mutex::new(new_hdr())),
             batch_hdr: Mutex::new(new_hdr()),
             model_version: model_version.to_owned(),
             drift: Mutex::new([None, None]),
             started: Instant::now(),
             cpu: CpuAccount::new(),
-            records_per_cpu_second,
+            records_per_cpu_second: f.records_per_cpu_second,
             efficiency: Mutex::new(Efficiency::default()),
             last_summary: Mutex::new((Instant::now(), 0)),
             batches: AtomicU64::new(0),

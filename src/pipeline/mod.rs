@@ -1,162 +1,32 @@
-//! The types that flow down the pipeline, and the one interface the output side offers.
+//! The types that flow down the pipeline, and the interfaces the output side offers.
 //!
 //! ```text
-//!  source ──Chunk──► batcher ──Batch──► inference ──Scored──► Output (sink) ──► Kafka
-//!  (a thread per                                                   │ delivery acks
-//!   partition)     every Chunk carries its partition's Lane ◄──────┘
+//!  source ──Chunk──► batching ──Batch──► inference ──Scored──► Output (sink) ──► Kafka
+//!  (a thread per                                                    │ delivery acks
+//!   partition)     every Chunk carries its partition's Lane ◄───────┘
 //! ```
 //!
-//! Each stage depends on these types only, never on another stage; `worker` wires them. A
+//! Each stage depends on these types only, never on another stage; `app::worker` wires them. A
 //! record that cannot be scored (bad JSON, too large, …) travels down the same path as an
 //! [`Body::Invalid`] record, so that only the sink ever produces and dead letters keep their
-//! place in their partition's output order.
+//! place in their partition's output order. Here too: a partition's [`lane`]s, its
+//! [`offsets`] (what may be committed), and the in-flight byte [`budget`].
 
+pub mod budget;
+pub mod lane;
 pub mod offsets;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
+
+use crate::kafka::{Guarantee, OutputError};
 use crate::model::live::LiveModel;
-use crate::pipeline::offsets::PartitionTracker;
 use crate::wire::DecodeError;
 
-/// One assigned input partition, for one stretch of consumption: from an assignment (or a
-/// rewind to the last commit after a failed delivery) until its revocation (or the next
-/// rewind). Shared by the partition thread, every chunk in flight, the sink and the committer.
-pub struct Lane {
-    /// Unique per lane, so the sink never mixes up two stretches of the same partition.
-    pub id: u64,
-    pub topic: Arc<str>,
-    pub partition: i32,
-    /// Where this lane started reading (its committed offset, when known).
-    pub start: Option<i64>,
-    pub tracker: PartitionTracker,
-    state: AtomicU8,
-    failure: Mutex<Option<Failure>>,
-    /// Chunks the sink has handed to the producer, in order (their `seq + 1`), so that an
-    /// exactly-once lane can wait for its chunks to be produced before committing.
-    emitted: Mutex<u64>,
-    emitted_cv: Condvar,
-}
-
-/// Where a lane is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LaneState {
-    /// Consuming and producing.
-    Running,
-    /// A delivery failed: produce nothing more; the partition thread rewinds to the last commit.
-    Failed,
-    /// Revoked, lost, rewound or shut down: its remaining work is dropped, never produced.
-    Closed,
-}
-
-/// Why a lane failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The broker rejected a dead letter as too large: the sink shrinks dead letters, then the
-    /// lane rewinds.
-    DeadLetterTooLarge { size: usize },
-    /// Another instance took over the partition's transactional id: this instance is a zombie
-    /// for that partition and must not write it again.
-    Fenced,
-    /// Anything else: the lane rewinds to its last commit and tries again (a bounded number of
-    /// times without progress).
-    Other,
-}
-
-static NEXT_LANE: AtomicU64 = AtomicU64::new(1);
-
-impl Lane {
-    pub fn new(topic: Arc<str>, partition: i32, start: Option<i64>) -> Lane {
-        Lane {
-            id: NEXT_LANE.fetch_add(1, Ordering::Relaxed),
-            topic,
-            partition,
-            start,
-            tracker: PartitionTracker::new(start),
-            state: AtomicU8::new(0),
-            failure: Mutex::new(None),
-            emitted: Mutex::new(0),
-            emitted_cv: Condvar::new(),
-        }
-    }
-
-    pub fn state(&self) -> LaneState {
-        match self.state.load(Ordering::Acquire) {
-            0 => LaneState::Running,
-            1 => LaneState::Failed,
-            _ => LaneState::Closed,
-        }
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.state() == LaneState::Running
-    }
-
-    /// Marks the lane failed (the first failure wins; a closed lane stays closed).
-    pub fn fail(&self, kind: FailureKind, reason: String) {
-        if self
-            .state
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Failure { kind, reason });
-        }
-        self.emitted_cv.notify_all();
-    }
-
-    /// The failure that stopped this lane, if any.
-    pub fn failure(&self) -> Option<Failure> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// No more output for this lane, ever; chunks still in the pipeline are dropped.
-    pub fn close(&self) {
-        self.state.store(2, Ordering::Release);
-        self.emitted_cv.notify_all();
-    }
-
-    /// Called by the sink after the chunk numbered `seq` was handed to the producer.
-    pub fn mark_emitted(&self, seq: u64) {
-        let mut e = self.emitted.lock().unwrap_or_else(|e| e.into_inner());
-        *e = (*e).max(seq + 1);
-        self.emitted_cv.notify_all();
-    }
-
-    /// Waits until the first `count` chunks were handed to the producer, the lane stops
-    /// running, or `deadline`. True if they were.
-    pub fn wait_emitted(&self, count: u64, deadline: Instant) -> bool {
-        let mut e = self.emitted.lock().unwrap_or_else(|e| e.into_inner());
-        while *e < count && self.is_running() {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            e = match self.emitted_cv.wait_timeout(e, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        *e >= count
-    }
-}
-
-impl std::fmt::Debug for Lane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]#{}", self.topic, self.partition, self.id)
-    }
-}
+pub use budget::{Budget, Permit};
+pub use lane::{Failure, FailureKind, Lane, LaneState};
 
 /// What a consumed record turned into.
 #[derive(Debug)]
@@ -345,30 +215,39 @@ pub struct Scored {
     pub scores: Vec<Result<f32, String>>,
 }
 
-/// The output side as the other stages see it (implemented by `sink::Sink`).
+/// The output side as the other stages see it (implemented by `kafka::sink::Sink`).
 pub trait Output: Send + Sync {
     /// Starts output for a lane (exactly-once: its transactional producer is created,
-    /// initialised — fencing earlier owners — and a transaction begun).
-    fn open(&self, lane: &Arc<Lane>) -> Result<(), String>;
+    /// initialised — fencing earlier owners and resolving what they left open — and a
+    /// transaction begun). Bounded by `deadline`; gives up once `stop()`.
+    fn open(
+        &self,
+        lane: &Arc<Lane>,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), OutputError>;
     /// Produces a scored chunk's outputs once every earlier chunk of its lane was produced;
     /// chunks of lanes that are no longer running are dropped.
     fn emit(&self, scored: Scored);
     /// Exactly-once: commits the lane's transaction together with `position` (the next input
-    /// offset) for `group`. At-least-once: nothing to do (offsets are committed by the consumer).
+    /// offset) for `group` — refused for a lane that is not running. At-least-once: nothing to
+    /// do (offsets are committed by the consumer). Retries what librdkafka says is retriable
+    /// until `deadline` or `stop()`.
     fn commit(
         &self,
         lane: &Lane,
         position: i64,
-        group: &rdkafka::consumer::ConsumerGroupMetadata,
-        timeout: Duration,
-    ) -> Result<(), String>;
+        group: &ConsumerGroupMetadata,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), OutputError>;
     /// Ends output for a lane; exactly-once aborts its open transaction (bounded by `timeout`).
     fn close(&self, lane: &Lane, timeout: Duration);
     /// Serves acknowledgements that have arrived, without blocking (inference threads call it
     /// after producing a batch).
     fn serve_deliveries(&self);
-    /// True if this output commits input offsets itself (exactly-once).
-    fn transactional(&self) -> bool;
+    /// The delivery guarantee this output gives.
+    fn guarantee(&self) -> Guarantee;
 }
 
 /// Where inference threads offer each scored batch for shadow scoring (implemented by
@@ -376,109 +255,4 @@ pub trait Output: Send + Sync {
 pub trait Shadow: Send + Sync {
     /// `scores`: one live result per tweet record of `chunks`, in order.
     fn offer(&self, chunks: &[Chunk], scores: &[Result<f32, String>]);
-}
-
-/// A bound on the bytes held by chunks in flight (consumed, not yet produced). Partition
-/// threads take a permit before handing a chunk on and wait while the budget is spent: memory
-/// stays bounded by bytes, not only by record counts, whatever the size of the records.
-pub struct Budget {
-    limit: usize,
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// A share of the [`Budget`], returned when dropped.
-pub struct Permit {
-    budget: Arc<Budget>,
-    bytes: usize,
-}
-
-impl Budget {
-    pub fn new(limit: usize) -> Arc<Budget> {
-        Arc::new(Budget {
-            limit: limit.max(1),
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-        })
-    }
-
-    /// Takes `bytes` of the budget, waiting while it is spent; gives up (None) once `stop()`
-    /// is true. A request larger than the whole budget is granted when nothing else is held.
-    pub fn acquire(self: &Arc<Self>, bytes: usize, stop: impl Fn() -> bool) -> Option<Permit> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if *used == 0 || *used + bytes <= self.limit {
-                *used += bytes;
-                return Some(Permit {
-                    budget: self.clone(),
-                    bytes,
-                });
-            }
-            if stop() {
-                return None;
-            }
-            used = match self.freed.wait_timeout(used, Duration::from_millis(50)) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-
-    pub fn used(&self) -> usize {
-        *self.used.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used = used.saturating_sub(self.bytes);
-        self.budget.freed.notify_all();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_blocks_until_bytes_are_returned_and_gives_up_on_stop() {
-        let b = Budget::new(100);
-        let p1 = b.acquire(60, || false).expect("fits");
-        assert!(b.acquire(60, || true).is_none(), "over budget, stopping");
-        drop(p1);
-        let big = b
-            .acquire(500, || false)
-            .expect("alone, even a large chunk passes");
-        assert_eq!(b.used(), 500);
-        drop(big);
-        assert_eq!(b.used(), 0);
-    }
-
-    #[test]
-    fn a_lane_fails_once_and_closing_wins() {
-        let lane = Lane::new("t".into(), 0, Some(5));
-        assert_eq!(lane.tracker.commit_position(), Some(5));
-        lane.fail(FailureKind::Other, "first".into());
-        lane.fail(FailureKind::Fenced, "second".into());
-        assert_eq!(lane.state(), LaneState::Failed);
-        assert_eq!(lane.failure().map(|f| f.reason), Some("first".into()));
-        lane.close();
-        lane.fail(FailureKind::Other, "after close".into());
-        assert_eq!(lane.state(), LaneState::Closed);
-    }
-
-    #[test]
-    fn waiting_for_emission_ends_when_the_lane_stops() {
-        let lane = Lane::new("t".into(), 0, None);
-        lane.mark_emitted(1);
-        assert!(lane.wait_emitted(2, Instant::now() + Duration::from_secs(5)));
-        assert!(!lane.wait_emitted(3, Instant::now()));
-        lane.close();
-        assert!(!lane.wait_emitted(3, Instant::now() + Duration::from_secs(60)));
-    }
 }

@@ -1,5 +1,6 @@
-//! Shared pieces of the broker integration tests: Apache Kafka (one broker per test binary,
-//! unique topics and group per test; clusters for failover tests), the worker as a child
+//! Shared pieces of the broker integration tests: Apache Kafka (from the kafka-local crate,
+//! re-exported as `kafka`: one broker per test binary, unique topics and group per test;
+//! clusters for failover tests), the worker as a child
 //! process exactly as users run it, a background load, and readers for the output, dead
 //! letters, committed offsets and the worker's own metrics.
 #![allow(dead_code)]

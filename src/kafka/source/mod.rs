@@ -1,49 +1,48 @@
-//! The source: one consumer, one dedicated OS thread per assigned partition.
+//! The source: one consumer, one dedicated OS thread per assigned partition ([`partition`]).
 //!
 //! On every assignment, each new partition's messages are split off the consumer's main queue
 //! (`split_partition_queue`) *before* librdkafka starts fetching them, and a thread is started
-//! that polls that queue, decodes and tokenizes the records into [`Chunk`]s and sends them into
-//! the one bounded channel feeding the batcher. A full channel, or a spent in-flight memory
-//! budget, blocks the thread: that is the backpressure (and librdkafka stops fetching once its
-//! own per-partition queue fills).
+//! that polls that queue, decodes and tokenizes the records into chunks and sends them into the
+//! one bounded channel the inference threads gather from. A full channel, or a spent in-flight
+//! memory budget, blocks the thread: that is the backpressure (and librdkafka stops fetching
+//! once its own per-partition queue fills).
 //!
-//! A partition's life is explicit: its current [`Lane`] is *running*; a failed delivery makes it
-//! *failed*, and the partition thread **rewinds** — it closes the lane (nothing more of it is
-//! produced), seeks back to the last commit and starts a new lane from there, so the output of
-//! a partition restarts in order instead of having one record re-sent out of order. A lane that
-//! fails again and again without progress stops the worker with a fatal error: never a silent
-//! spin. A record that cannot be consumed at all (librdkafka reports an error for it) is never
+//! A partition's life is explicit: its current lane is *running*; a failed delivery makes it
+//! *failed*, and the partition thread **rewinds** ([`rewind`]) to the last commit on a new
+//! lane. A record that cannot be consumed at all (librdkafka reports an error for it) is never
 //! skipped: the partition stops and the worker fails loudly.
 //!
 //! Rebalances are a blocking rendezvous inside the consumer's rebalance callback, as in
 //! Vector's Kafka source: revoked partitions' threads stop, finish what they consumed (bounded
-//! by the drain timeout) and commit it, and only then does the rebalance proceed — so the next
-//! owner starts exactly where this worker's outputs end. Lost partitions (another member owns
-//! them already) are dropped at once, without commit.
+//! by the drain timeout) and commit it ([`commit`], or in their transaction), and only then
+//! does the rebalance proceed — so the next owner starts exactly where this worker's outputs
+//! end. Lost partitions (another member owns them already) are dropped at once, without
+//! commit. The context itself only signals the partition threads and waits for them.
+
+pub mod commit;
+pub mod partition;
+pub mod rewind;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::SendTimeoutError;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use self::partition::{Exit, PartitionThread, StopSignal};
 use crate::app::shutdown::Shutdown;
 use crate::batching::ChunkSender;
+use crate::kafka::Guarantee;
 use crate::model::live::Models;
 use crate::obs::metrics::Metrics;
-use crate::pipeline::{
-    Body, Budget, Chunk, ChunkSizes, FailureKind, Lane, LaneState, Output, Record,
-};
-use crate::wire::{DecodeError, JsonDecoder};
+use crate::pipeline::{Budget, Lane, Output};
 
 /// How the source behaves.
 #[derive(Debug, Clone)]
@@ -58,6 +57,9 @@ pub struct SourceConfig {
     pub drain_timeout: Duration,
     /// Bound on one synchronous offset commit.
     pub commit_timeout: Duration,
+    /// Bound on starting a lane's output (exactly-once: init_transactions) and on reading the
+    /// group's committed offset at a rewind.
+    pub open_timeout: Duration,
     /// Exactly-once: how long one transaction stays open (it spans the batches of that time).
     pub transaction_interval: Duration,
     /// Rewinds of one partition in a row without progress before the worker gives up.
@@ -81,31 +83,6 @@ pub struct SourceShared {
     pub cfg: SourceConfig,
 }
 
-/// How a partition thread is asked to stop.
-struct StopSignal {
-    stop: AtomicBool,
-    /// The partition is already someone else's: drop everything, commit nothing.
-    lost: AtomicBool,
-    /// Finish what was consumed by then.
-    deadline: Mutex<Instant>,
-}
-
-impl StopSignal {
-    fn is_set(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
-    fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// What a partition thread reports when it ends.
-struct Exit {
-    /// Consumed records whose outputs were not delivered (and committed) in time.
-    undelivered: usize,
-}
-
 /// One assigned partition: its current lane and its thread.
 struct Partition {
     lane: Arc<Mutex<Arc<Lane>>>,
@@ -125,14 +102,17 @@ pub struct Source {
 pub type SourceConsumer = BaseConsumer<Source>;
 
 /// The outcome of stopping partitions.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Released {
     pub partitions: usize,
-    /// Consumed records that were not delivered or not committed: they will be re-processed.
+    /// Consumed records that were not delivered, or not committed: they will be processed
+    /// again (by the next owner, or after a restart).
     pub undelivered: usize,
+    /// At-least-once: why the final offset commit did not go through, if it did not.
+    pub commit_error: Option<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -160,6 +140,8 @@ impl Source {
             .collect()
     }
 
+    /// Starts a thread for each newly assigned partition. Its output (exactly-once: a
+    /// transactional producer) is started by the thread itself, off this callback.
     fn assign(&self, tpl: &TopicPartitionList) {
         let Some(tx) = lock(&self.tx).clone() else {
             return; // shutting down
@@ -177,75 +159,65 @@ impl Source {
             }
             return;
         };
-        let mut partitions = lock(&self.partitions);
         for elem in tpl.elements() {
             let (topic, partition) = (elem.topic().to_owned(), elem.partition());
-            if partitions.contains_key(&(topic.clone(), partition)) {
+            if lock(&self.partitions).contains_key(&(topic.clone(), partition)) {
                 continue;
             }
-            let Some(queue) = consumer.split_partition_queue(&topic, partition) else {
-                // A partition assigned but never read would silently stop advancing.
-                self.shared.shutdown.fail(format!(
-                    "cannot read partition {partition} of {topic} on its own queue"
-                ));
-                return;
-            };
-            let lane = Arc::new(Lane::new(topic.as_str().into(), partition, None));
-            if let Err(e) = self.shared.output.open(&lane) {
-                self.shared.shutdown.fail(format!(
-                    "cannot start output for partition {partition}: {e}"
-                ));
+            if let Err(why) = self.start(&consumer, &tx, &topic, partition) {
+                self.shared.shutdown.fail(why);
                 return;
             }
-            let signal = Arc::new(StopSignal {
-                stop: AtomicBool::new(false),
-                lost: AtomicBool::new(false),
-                deadline: Mutex::new(Instant::now()),
-            });
-            let current = Arc::new(Mutex::new(lane));
-            let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
-            let thread = PartitionThread {
-                consumer: consumer.clone(),
-                topic: topic.clone(),
-                partition,
-                lane: current.clone(),
-                signal: signal.clone(),
-                shared: self.shared.clone(),
-                tx: tx.clone(),
-                scratch: Vec::with_capacity(1024),
-                decoder: JsonDecoder::new(),
-                seq: 0,
-                next_offset: None,
-                sent_next: None,
-                last_commit: None,
-                lane_first: None,
-                rewinds: 0,
-                rewound_to: None,
-                last_sizes: ChunkSizes::default(),
-                txn_started: Instant::now(),
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("partition-{partition}"))
-                .spawn(move || {
-                    let exit = thread.run(&queue);
-                    let _ = exit_tx.send(exit);
-                });
-            if let Err(e) = spawned {
-                self.shared.shutdown.fail(format!(
-                    "cannot start the thread of partition {partition}: {e}"
-                ));
-                return;
-            }
-            tracing::info!(topic, partition, "partition assigned");
-            partitions.insert(
-                (topic, partition),
-                Partition {
-                    lane: current,
-                    signal,
-                    exit: exit_rx,
-                },
-            );
         }
+    }
+
+    /// Splits off `partition`'s queue and starts its thread.
+    fn start(
+        &self,
+        consumer: &Arc<SourceConsumer>,
+        tx: &ChunkSender,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), String> {
+        // A partition assigned but never read would silently stop advancing.
+        let queue = consumer
+            .split_partition_queue(topic, partition)
+            .ok_or_else(|| {
+                format!("cannot read partition {partition} of {topic} on its own queue")
+            })?;
+        let slot = Arc::new(Mutex::new(Arc::new(Lane::new(
+            topic.into(),
+            partition,
+            None,
+        ))));
+        let signal = Arc::new(StopSignal::new());
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
+        let thread = PartitionThread::new(
+            consumer.clone(),
+            topic.to_owned(),
+            partition,
+            slot.clone(),
+            signal.clone(),
+            self.shared.clone(),
+            tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("partition-{partition}"))
+            .spawn(move || {
+                let exit = thread.run(&queue);
+                let _ = exit_tx.send(exit);
+            })
+            .map_err(|e| format!("cannot start the thread of partition {partition}: {e}"))?;
+        tracing::info!(topic, partition, "partition assigned");
+        lock(&self.partitions).insert(
+            (topic.to_owned(), partition),
+            Partition {
+                lane: slot,
+                signal,
+                exit: exit_rx,
+            },
+        );
+        Ok(())
     }
 
     /// Stops the given partitions (all with `None`): their threads finish what they consumed
@@ -266,24 +238,23 @@ impl Source {
         };
         let mut released = Released {
             partitions: stopping.len(),
-            undelivered: 0,
+            ..Released::default()
         };
         if stopping.is_empty() {
             return released;
         }
         let cfg = &self.shared.cfg;
-        let deadline = Instant::now()
-            + if lost {
-                Duration::ZERO
-            } else {
-                cfg.drain_timeout
-            };
+        let drain = if lost {
+            Duration::ZERO
+        } else {
+            cfg.drain_timeout
+        };
+        let deadline = Instant::now() + drain;
         for ((topic, partition), p) in &stopping {
-            let lane = lock(&p.lane).clone();
             tracing::info!(
                 topic,
                 partition,
-                in_flight = lane.tracker.in_flight(),
+                in_flight = lock(&p.lane).tracker.in_flight(),
                 lost,
                 "revoking partition"
             );
@@ -291,31 +262,21 @@ impl Source {
             p.signal.lost.store(lost, Ordering::Release);
             p.signal.stop.store(true, Ordering::Release);
         }
-        // Each thread gives up on its drain at `deadline`; it only needs a moment more to exit.
-        let join_by = deadline + Duration::from_secs(2);
-        let mut lanes = Vec::new();
-        for ((topic, partition), p) in &stopping {
-            let lane = lock(&p.lane).clone();
-            let undelivered = match p
-                .exit
-                .recv_timeout(join_by.saturating_duration_since(Instant::now()))
-            {
-                Ok(exit) => exit.undelivered,
-                Err(_) => {
-                    tracing::error!(
-                        topic,
-                        partition,
-                        "partition thread did not stop in time; leaving it behind"
-                    );
-                    lane.tracker.in_flight().max(1)
-                }
-            };
-            released.undelivered += undelivered;
-            lanes.push((lane, undelivered == 0));
-        }
-        if !lost && !self.shared.output.transactional() {
+        let lanes = self.join(&stopping, deadline, &mut released);
+        if !lost && self.shared.output.guarantee() == Guarantee::AtLeastOnce {
             let all: Vec<_> = lanes.iter().map(|(l, _)| l.clone()).collect();
-            commit_sync(consumer, &all, cfg.commit_timeout, &self.shared.metrics);
+            let weak = self.consumer.get().cloned().unwrap_or_default();
+            let metrics = &self.shared.metrics;
+            if let Err(e) = commit::commit_sync(consumer, &weak, &all, cfg.commit_timeout, metrics)
+            {
+                let behind: usize = all.iter().map(|l| l.tracker.in_flight()).sum();
+                tracing::error!(
+                    partitions = ?all.iter().map(|l| l.partition).collect::<Vec<_>>(),
+                    "progress not committed at revoke: {e}; the next owner starts from the previous commit"
+                );
+                released.commit_error = Some(e.to_string());
+                released.undelivered += behind;
+            }
         }
         for (lane, drained) in &lanes {
             lane.close();
@@ -332,7 +293,41 @@ impl Source {
         released
     }
 
-    /// Closes this side of the batcher channel (shutdown: the partition threads are stopped).
+    /// Waits (until `deadline` and a moment more) for the stopping threads; returns their
+    /// lanes and whether each drained. A thread that does not stop in time is left behind with
+    /// its lane closed: it can neither produce nor commit nor start a producer (it checks its
+    /// stop signal first), so it cannot fence the partition's next owner.
+    fn join(
+        &self,
+        stopping: &[((String, i32), Partition)],
+        deadline: Instant,
+        released: &mut Released,
+    ) -> Vec<(Arc<Lane>, bool)> {
+        let join_by = deadline + Duration::from_secs(2);
+        let mut lanes = Vec::new();
+        for ((topic, partition), p) in stopping {
+            let exit = p
+                .exit
+                .recv_timeout(join_by.saturating_duration_since(Instant::now()));
+            let lane = lock(&p.lane).clone();
+            let undelivered = match exit {
+                Ok(exit) => exit.undelivered,
+                Err(_) => {
+                    tracing::error!(
+                        topic,
+                        partition,
+                        "partition thread did not stop in time; leaving it behind"
+                    );
+                    lane.tracker.in_flight().max(1)
+                }
+            };
+            released.undelivered += undelivered;
+            lanes.push((lane, undelivered == 0));
+        }
+        lanes
+    }
+
+    /// Closes this side of the batch channel (shutdown: the partition threads are stopped).
     pub fn close_channel(&self) {
         lock(&self.tx).take();
     }
@@ -343,537 +338,41 @@ impl Source {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect()
     }
-}
 
-/// Commits (asynchronously) the current safe position of every running lane, whether it moved
-/// since the last commit or not. At-least-once only: exactly-once lanes commit inside their
-/// transactions.
-///
-/// Re-sending unmoved positions is what makes a failed commit harmless: librdkafka tells nobody
-/// how a manual asynchronous commit ended (it raises the commit event for its own
-/// auto-commits only and merely logs `COMMITFAIL` for ours), so a commit lost to a rebalance
-/// would otherwise leave an idle partition's committed offset behind for good — found in CI,
-/// where the group-churn test saw the last positions' commits fail and never sent again.
-/// Java's auto-commit re-sends every position each interval for the same reason. The cost is
-/// one small OffsetCommit request per interval.
-pub fn commit_async(consumer: &SourceConsumer, lanes: &[Arc<Lane>], metrics: &Metrics) {
-    let positions: Vec<(&Arc<Lane>, i64)> = lanes
-        .iter()
-        .filter(|l| l.is_running())
-        .filter_map(|l| l.tracker.commit_position().map(|p| (l, p)))
-        .collect();
-    if let Err(e) = commit(consumer, &positions, CommitMode::Async, metrics) {
-        tracing::warn!("commit failed (will retry): {e}");
-    }
-}
-
-/// Commits every lane's position synchronously, bounded by `timeout` (librdkafka's synchronous
-/// commit has no timeout of its own, so it runs on a helper thread that may outlive the wait).
-fn commit_sync(
-    consumer: &SourceConsumer,
-    lanes: &[Arc<Lane>],
-    timeout: Duration,
-    metrics: &Arc<Metrics>,
-) {
-    let positions: Vec<(Arc<Lane>, i64)> = lanes
-        .iter()
-        .filter_map(|l| l.tracker.commit_position().map(|p| (l.clone(), p)))
-        .collect();
-    if positions.is_empty() {
-        return;
-    }
-    // The consumer is reached through the context's weak handle; fall back to committing inline.
-    let Some(strong) = consumer.context().consumer.get().and_then(Weak::upgrade) else {
-        let refs: Vec<_> = positions.iter().map(|(l, p)| (l, *p)).collect();
-        if let Err(e) = commit(consumer, &refs, CommitMode::Sync, metrics) {
-            tracing::warn!("commit failed: {e}");
-        }
-        return;
-    };
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let m = metrics.clone();
-    let spawned = std::thread::Builder::new()
-        .name("commit".into())
-        .spawn(move || {
-            let refs: Vec<_> = positions.iter().map(|(l, p)| (l, *p)).collect();
-            let _ = done_tx.send(commit(&strong, &refs, CommitMode::Sync, &m));
-        });
-    if spawned.is_err() {
-        tracing::warn!("cannot start the commit thread");
-        return;
-    }
-    match done_rx.recv_timeout(timeout) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("commit failed: {e}"),
-        Err(_) => tracing::warn!("commit did not finish within {timeout:?}"),
-    }
-}
-
-fn commit(
-    consumer: &SourceConsumer,
-    positions: &[(&Arc<Lane>, i64)],
-    mode: CommitMode,
-    metrics: &Metrics,
-) -> KafkaResult<()> {
-    if positions.is_empty() {
-        return Ok(());
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (lane, pos) in positions {
-        tpl.add_partition_offset(&lane.topic, lane.partition, Offset::Offset(*pos))?;
-    }
-    consumer.commit(&tpl, mode)?;
-    // For an async commit this records what was *sent* (librdkafka does not report how it
-    // ended; `commit_async` re-sends every interval); for a sync one, what the broker took.
-    for (lane, pos) in positions {
-        lane.tracker.mark_committed(*pos);
-        metrics.set_committed(lane.partition, *pos);
-    }
-    Ok(())
-}
-
-type Queue = rdkafka::consumer::base_consumer::PartitionQueue<Source>;
-
-/// One partition's thread and everything it keeps between records (its queue is passed in
-/// separately: records borrow from it while the thread's state changes).
-struct PartitionThread {
-    consumer: Arc<SourceConsumer>,
-    topic: String,
-    partition: i32,
-    lane: Arc<Mutex<Arc<Lane>>>,
-    signal: Arc<StopSignal>,
-    shared: Arc<SourceShared>,
-    tx: ChunkSender,
-    /// simd-json parses in place: one scratch buffer and one decoder per thread, reused.
-    scratch: Vec<u8>,
-    decoder: JsonDecoder,
-    /// Chunks of the current lane handed on so far.
-    seq: u64,
-    /// One past the last offset read in the current lane.
-    next_offset: Option<i64>,
-    /// One past the last offset of the last chunk handed on in the current lane: what an
-    /// exactly-once commit may cover (records read into a chunk that was never handed on —
-    /// the worker stopped first — have no output and must be read again).
-    sent_next: Option<i64>,
-    /// Exactly-once: the input position committed with the last transaction.
-    last_commit: Option<i64>,
-    /// The first offset read in the current lane (where an exactly-once lane rewinds to when
-    /// it failed before its first commit).
-    lane_first: Option<i64>,
-    /// Rewinds in a row to the same position (no progress in between).
-    rewinds: u32,
-    rewound_to: Option<i64>,
-    txn_started: Instant,
-    /// The sizes of the last chunk handed on: the next one is allocated to hold as much.
-    last_sizes: ChunkSizes,
-}
-
-/// Why a partition thread stopped early.
-enum Stop {
-    /// Asked to (revoke, shutdown).
-    Asked,
-    /// Something that cannot be handled; the worker stops with this reason.
-    Fatal(String),
-}
-
-impl PartitionThread {
-    fn lane(&self) -> Arc<Lane> {
-        lock(&self.lane).clone()
-    }
-
-    fn run(mut self, queue: &Queue) -> Exit {
-        let stop = match self.consume(queue) {
-            Ok(()) | Err(Stop::Asked) => None,
-            Err(Stop::Fatal(reason)) => Some(reason),
-        };
-        if let Some(reason) = stop {
-            self.shared.metrics.partition_failures_total.inc();
-            self.shared.shutdown.fail(reason);
-        }
-        self.finish()
-    }
-
-    /// Polls, chunks and hands on records until asked to stop.
-    fn consume(&mut self, queue: &Queue) -> Result<(), Stop> {
-        let cfg = self.shared.cfg.clone();
-        let transactional = self.shared.output.transactional();
-        let mut chunk: Option<Chunk> = None;
-        loop {
-            if self.signal.is_set() {
-                return Err(Stop::Asked);
-            }
-            let lane = self.lane();
-            match lane.state() {
-                LaneState::Running => {}
-                LaneState::Failed => {
-                    chunk = None;
-                    self.rewind(&lane)?;
-                    continue;
-                }
-                LaneState::Closed => return Err(Stop::Asked),
-            }
-            if transactional && self.txn_started.elapsed() >= cfg.transaction_interval {
-                if let Some(c) = chunk.take() {
-                    self.send(c)?;
-                }
-                self.commit_transaction(&lane, Instant::now() + cfg.drain_timeout);
-                continue;
-            }
-            let c = chunk.get_or_insert_with(|| {
-                let mut sizes = self.last_sizes.with_slack();
-                sizes.records = sizes.records.min(cfg.chunk_records);
-                Chunk::with_capacity(lane.clone(), self.shared.models.current(), self.seq, sizes)
-            });
-            let wait = if c.records.is_empty() {
-                Duration::from_millis(100)
-            } else {
-                Duration::ZERO
-            };
-            match queue.poll(wait) {
-                Some(Ok(msg)) => {
-                    self.add(c, &msg);
-                    if c.records.len() >= cfg.chunk_records || c.bytes.len() >= cfg.chunk_bytes {
-                        let full = chunk.take();
-                        full.map(|c| self.send(c)).transpose()?;
-                    }
-                }
-                Some(Err(e)) => {
-                    if let Some(c) = chunk.take() {
-                        self.send(c)?;
-                    }
-                    self.consume_error(e)?;
-                }
-                None => {
-                    if !c.records.is_empty() {
-                        let ready = chunk.take();
-                        ready.map(|c| self.send(c)).transpose()?;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A consume error for this partition. librdkafka either re-fetches the same offset forever
-    /// or skips ahead after such errors; either way the partition would silently stop or lose
-    /// records. Only an offset reset (the log no longer holds our position: the broker's
-    /// retention, not ours, lost those records) is survivable.
-    fn consume_error(&mut self, e: KafkaError) -> Result<(), Stop> {
-        let code = e.rdkafka_error_code();
-        if matches!(
-            code,
-            Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::warn!(partition = self.partition, "consumer: {e}");
-            self.shared.metrics.consume_errors_total.inc();
-            return Ok(());
-        }
-        self.shared.metrics.consume_errors_total.inc();
-        Err(Stop::Fatal(format!(
-            "cannot consume partition {} of {} after offset {:?}: {e}",
-            self.partition,
-            self.topic,
-            self.next_offset.map(|o| o - 1)
-        )))
-    }
-
-    /// Decodes and tokenizes one record into the chunk; a record that is not a tweet becomes
-    /// an invalid record (a dead letter further down).
-    fn add(&mut self, chunk: &mut Chunk, msg: &BorrowedMessage<'_>) {
-        let offset = msg.offset();
-        if self.next_offset.is_some_and(|n| offset < n) {
-            // Some brokers and client versions occasionally hand a record over twice.
-            tracing::debug!(
-                partition = self.partition,
-                offset,
-                "skipping a record seen twice"
-            );
-            self.shared.metrics.redelivered_total.inc();
-            return;
-        }
-        self.next_offset = Some(offset + 1);
-        self.lane_first.get_or_insert(offset);
-        if chunk.records.is_empty() {
-            // A chunk starts with its first record: time and model are those of that moment
-            // (an empty chunk may have waited through a reload).
-            chunk.consumed_at = Instant::now();
-            chunk.model = self.shared.models.current();
-        }
-        let key = msg.key().map(|k| chunk.store(k));
-        let raw = msg.payload();
-        let value = raw.map(|v| chunk.store(v));
-        let max = self.shared.cfg.max_text_bytes;
-        let body = match raw {
-            None => Body::Invalid(DecodeError::NoPayload),
-            Some(p) if p.len() > max => Body::Invalid(DecodeError::TooLarge {
-                size: p.len(),
-                limit: max,
-            }),
-            Some(p) => {
-                let start = chunk.ids.len();
-                match self.decoder.decode(p, &mut self.scratch) {
-                    Ok(text) => {
-                        chunk
-                            .model
-                            .classifier
-                            .tokenizer()
-                            .encode_append(text, &mut chunk.ids);
-                        chunk.tweet_from(start)
-                    }
-                    Err(e) => Body::Invalid(e),
-                }
-            }
-        };
-        chunk.records.push(Record {
-            offset,
-            timestamp: msg.timestamp().to_millis(),
-            key,
-            value,
-            body,
-        });
-    }
-
-    /// Tracks a chunk's offsets and hands it to the batcher, waiting (boundedly, re-checking
-    /// stop and the lane) for memory budget and channel room.
-    fn send(&mut self, mut chunk: Chunk) -> Result<(), Stop> {
-        let (Some(first), Some(last)) = (chunk.first_offset(), chunk.last_offset()) else {
-            return Ok(());
-        };
-        let n = chunk.records.len();
-        self.last_sizes = chunk.sizes();
-        let lane = chunk.lane.clone();
-        if !lane.tracker.track(first, last, n) {
-            tracing::warn!(
-                partition = self.partition,
-                first,
-                "chunk already tracked; skipped"
-            );
-            return Ok(());
-        }
-        let halt = || self.signal.is_set() || !lane.is_running();
-        let Some(permit) = self.shared.budget.acquire(chunk.size_bytes(), halt) else {
-            // Not handed on: it will be read again (after the rewind or by the next owner).
-            lane.tracker.untrack_last(first);
-            return Ok(());
-        };
-        chunk.permit = Some(permit);
-        loop {
-            match self.tx.send_timeout(chunk, Duration::from_millis(100)) {
-                Ok(()) => {
-                    self.seq += 1;
-                    self.sent_next = Some(last + 1);
-                    self.shared.metrics.consumed_total.inc_by(n as u64);
-                    return Ok(());
-                }
-                Err(SendTimeoutError::Timeout(back)) if !halt() => chunk = back,
-                Err(SendTimeoutError::Timeout(_)) => {
-                    lane.tracker.untrack_last(first);
-                    return Ok(());
-                }
-                Err(SendTimeoutError::Disconnected(_)) => {
-                    lane.tracker.untrack_last(first);
-                    return Err(Stop::Asked);
-                }
-            }
-        }
-    }
-
-    /// After a failed delivery: closes the lane (nothing more of it is produced), seeks back to
-    /// the last commit and starts a new lane there, so the partition's output restarts in order.
-    fn rewind(&mut self, failed: &Arc<Lane>) -> Result<(), Stop> {
-        let failure = failed.failure();
-        let reason = failure
-            .as_ref()
-            .map_or_else(|| "unknown".to_string(), |f| f.reason.clone());
-        failed.close();
-        self.shared
-            .output
-            .close(failed, self.shared.cfg.commit_timeout);
-        if failure
-            .as_ref()
-            .is_some_and(|f| f.kind == FailureKind::Fenced)
-        {
-            // Another producer took this partition's transactional id. If this instance is the
-            // zombie (it was frozen while the group moved the partition on), its consumer learns
-            // that from the group within a few heartbeats and the partition is revoked as lost
-            // meanwhile: wait for that, and never write it again. If the partition is still
-            // assigned here after that, the group says this instance owns it and the fencer was
-            // the zombie (a frozen instance that woke with a transaction open: its producer
-            // bumps its epoch and fences the owner). Then take the id back by rewinding as after
-            // any failure; the rewind count bounds a fencing ping-pong.
-            tracing::warn!(
-                partition = self.partition,
-                "fenced by another instance: {reason}"
-            );
-            let until = Instant::now() + self.shared.cfg.rejoin_grace * 2;
-            while Instant::now() < until {
-                if self.signal.is_set() {
-                    return Err(Stop::Asked);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            tracing::warn!(
-                partition = self.partition,
-                "still assigned here after being fenced: the fencer was a zombie; taking the partition's transactional id back"
-            );
-        }
-        // At-least-once: the first chunk not acknowledged. Exactly-once: the last transaction's
-        // commit (acknowledged outputs of an aborted transaction are discarded too).
-        let position = if self.shared.output.transactional() {
-            self.last_commit.or(self.lane_first)
-        } else {
-            failed.tracker.commit_position()
-        };
-        let Some(position) = position else {
-            return Err(Stop::Fatal(format!(
-                "partition {}: output failed before anything was consumed: {reason}",
-                self.partition
-            )));
-        };
-        if self.rewound_to == Some(position) {
-            self.rewinds += 1;
-        } else {
-            (self.rewinds, self.rewound_to) = (1, Some(position));
-        }
-        self.shared.metrics.rewinds_total.inc();
-        let max = self.shared.cfg.max_rewinds;
-        if self.rewinds > max {
-            return Err(Stop::Fatal(format!(
-                "partition {} of {} is stuck at offset {position}: its output failed {} times in a row: {reason}",
-                self.partition, self.topic, self.rewinds
-            )));
-        }
-        tracing::warn!(
-            partition = self.partition,
-            position,
-            attempt = self.rewinds,
-            "output failed ({reason}); rewinding to the last commit"
-        );
-        // Back off (0.2, 0.4, 0.8 … 6.4 s) so that a broker that rejects everything is not
-        // hammered; with the default 5 rewinds a stuck partition stops the worker in ~6 s plus
-        // the deliveries' own timeouts.
-        let mut backoff = Duration::from_millis(100 << self.rewinds.min(6));
-        if self.shared.output.transactional() {
-            backoff = backoff.max(self.shared.cfg.rejoin_grace);
-        }
-        let until = Instant::now() + backoff;
-        while Instant::now() < until {
-            if self.signal.is_set() {
-                return Err(Stop::Asked);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.consumer
-            .seek(
-                &self.topic,
-                self.partition,
-                Offset::Offset(position),
-                Duration::from_secs(10),
-            )
-            .map_err(|e| {
-                Stop::Fatal(format!(
-                    "partition {}: cannot seek back to {position}: {e}",
-                    self.partition
-                ))
-            })?;
-        let lane = Arc::new(Lane::new(
-            self.topic.as_str().into(),
-            self.partition,
-            Some(position),
-        ));
-        self.shared.output.open(&lane).map_err(|e| {
-            Stop::Fatal(format!(
-                "partition {}: cannot restart output: {e}",
-                self.partition
-            ))
-        })?;
-        *lock(&self.lane) = lane;
-        (self.seq, self.next_offset, self.lane_first) = (0, Some(position), None);
-        self.sent_next = None;
-        self.txn_started = Instant::now();
-        Ok(())
-    }
-
-    /// Exactly-once: once every chunk handed on was produced, commits the lane's transaction
-    /// with the next input offset. A failure fails the lane (it rewinds to the last commit).
-    fn commit_transaction(&mut self, lane: &Arc<Lane>, deadline: Instant) -> bool {
-        self.txn_started = Instant::now();
-        let Some(position) = self.sent_next else {
-            return true; // nothing handed on yet
-        };
-        if self.last_commit == Some(position) {
-            return true;
-        }
-        if !lane.wait_emitted(self.seq, deadline) {
-            if lane.is_running() {
-                lane.fail(
-                    FailureKind::Other,
-                    "outputs not produced before the transaction deadline".into(),
-                );
-            }
-            return false;
-        }
-        let Some(group) = self.consumer.group_metadata() else {
-            lane.fail(FailureKind::Other, "no consumer group metadata".into());
-            return false;
-        };
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        match self.shared.output.commit(lane, position, &group, timeout) {
-            Ok(()) => {
-                self.last_commit = Some(position);
-                self.rewinds = 0;
-                lane.tracker.mark_committed(position);
-                self.shared.metrics.set_committed(self.partition, position);
-                true
-            }
-            Err(e) => {
-                let kind = if e.to_ascii_lowercase().contains("fenced") {
-                    FailureKind::Fenced
+    /// Consumer lag per owned partition, from what the worker knows: the partition's end
+    /// (the last stable offset, which is what a read_committed consumer can reach) minus the
+    /// worker's own committed position — exactly-once commits go through transactions, which
+    /// the consumer's own committed offset never sees. Partitions not owned (revoked) get none.
+    fn update_lag(&self, stats: &Statistics) {
+        let partitions = lock(&self.partitions);
+        for topic in stats.topics.values() {
+            for (id, p) in &topic.partitions {
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
                 } else {
-                    FailureKind::Other
+                    p.hi_offset
                 };
-                lane.fail(kind, format!("transaction commit failed: {e}"));
-                false
+                let Some(owned) = partitions.get(&(topic.topic.clone(), *id)) else {
+                    continue;
+                };
+                let lane = lock(&owned.lane).clone();
+                let position = lane
+                    .tracker
+                    .last_committed()
+                    .or(lane.start)
+                    .or_else(|| lane.tracker.commit_position());
+                if let (Some(position), true) = (position, end >= 0) {
+                    self.shared.metrics.set_lag(*id, (end - position).max(0));
+                }
             }
         }
-    }
-
-    /// The end of the thread: finish (bounded) what was consumed, unless the partition is lost.
-    fn finish(mut self) -> Exit {
-        let lane = self.lane();
-        let lost = self.signal.lost.load(Ordering::Acquire);
-        let deadline = self.signal.deadline();
-        if lost || !lane.is_running() {
-            return Exit {
-                undelivered: lane.tracker.in_flight(),
-            };
-        }
-        if self.shared.output.transactional() {
-            if self.commit_transaction(&lane, deadline) {
-                return Exit { undelivered: 0 };
-            }
-            return Exit {
-                undelivered: lane.tracker.in_flight().max(1),
-            };
-        }
-        if !lane.tracker.wait_drained(deadline) {
-            let n = lane.tracker.in_flight();
-            tracing::warn!(
-                partition = self.partition,
-                in_flight = n,
-                "drain timeout: committing what is delivered; the rest will be re-processed"
-            );
-            return Exit { undelivered: n };
-        }
-        Exit { undelivered: 0 }
     }
 }
 
 impl ClientContext for Source {
     /// As rdkafka's default context logs, and counts failed offset commits: for the worker's
     /// manual asynchronous commits this log line is the only sign librdkafka gives of a failure
-    /// (see [`commit_async`], which re-sends every position each interval).
+    /// (see [`commit::commit_async`], which re-sends every position each interval).
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "COMMITFAIL" {
             self.shared.metrics.commit_errors_total.inc();
@@ -898,13 +397,7 @@ impl ClientContext for Source {
     }
 
     fn stats(&self, stats: Statistics) {
-        for topic in stats.topics.values() {
-            for (id, p) in &topic.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    self.shared.metrics.set_lag(*id, p.consumer_lag);
-                }
-            }
-        }
+        self.update_lag(&stats);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -932,6 +425,7 @@ impl ConsumerContext for Source {
             consumer.rebalance_protocol(),
             rdkafka::consumer::RebalanceProtocol::Cooperative
         );
+        let keys = cooperative.then(|| Self::keys(tpl));
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(tpl);
@@ -942,38 +436,19 @@ impl ConsumerContext for Source {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let lost = consumer.assignment_lost();
-                let keys = if cooperative {
-                    Some(Self::keys(tpl))
-                } else {
-                    None
-                };
-                let released = self.revoke(consumer, keys, lost);
+                let released = self.revoke(consumer, keys, consumer.assignment_lost());
                 self.shared
                     .metrics
                     .undelivered_at_revoke_total
                     .inc_by(released.undelivered as u64);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
+                unassign(consumer, tpl, cooperative)
             }
             other => {
                 let code: RDKafkaErrorCode = other.into();
                 tracing::error!("rebalance error: {code}; dropping the partitions concerned");
                 self.shared.metrics.client_errors_total.inc();
-                let keys = if cooperative {
-                    Some(Self::keys(tpl))
-                } else {
-                    None
-                };
                 self.revoke(consumer, keys, true);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
+                unassign(consumer, tpl, cooperative)
             }
         };
         if let Err(e) = result {
@@ -984,7 +459,7 @@ impl ConsumerContext for Source {
     }
 
     /// Only reached for commits librdkafka reports (not the worker's manual asynchronous ones:
-    /// see [`commit_async`]); counted and logged.
+    /// see [`commit::commit_async`]); counted and logged.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let failed = offsets
             .elements()
@@ -999,5 +474,17 @@ impl ConsumerContext for Source {
             Err(e) => tracing::warn!("offset commit failed (will retry): {e}"),
             Ok(()) => tracing::warn!("offset commit failed for {failed} partitions (will retry)"),
         }
+    }
+}
+
+fn unassign(
+    consumer: &BaseConsumer<Source>,
+    tpl: &TopicPartitionList,
+    cooperative: bool,
+) -> KafkaResult<()> {
+    if cooperative {
+        consumer.incremental_unassign(tpl)
+    } else {
+        consumer.unassign()
     }
 }
