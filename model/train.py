@@ -89,6 +89,10 @@ STUDENT = dict(pretrained_embed=True, distill_alpha=0.5, epochs=8)
 # The teacher: a logistic-regression probe on the frozen encoder's mean-pooled sentence embedding,
 # fitted on each fold's training part (and on all of train.csv for the shipped model).
 TEACHER = dict(C=1.0, class_weight="balanced")  # C chosen on the CV folds from TEACHER_GRID_C
+# kind: "probe" = the probe alone; "probe+tfidf" = the mean of the probe's and the TF-IDF + LR
+# baseline's (BASELINE) probabilities, equal weights, nothing tuned. crossfit k > 0: the scores the
+# student learns from on a fold's training tweets are out-of-fold within that training part (k
+# inner folds), not the teacher's scores on its own training data. Both only use the training part.
 TEACHER_GRID_C = (1.0, 3.0, 10.0)
 
 EDGE_CASES = [
@@ -517,7 +521,9 @@ def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "varia
         print(f"teacher: encoded {len(items)} {what} in {time.time() - t:.0f} s", flush=True)
         return out
 
-    word_vecs = cached("words", all_words, 512)
+    # The sentence-style word vectors cost ~25 minutes of encoder time here; only read them if asked for.
+    need_words = "words" in parts and (HP.get("word_vectors", "sentence") == "sentence" or HP.get("vocab_extra"))
+    word_vecs = cached("words", all_words, 512) if need_words else None
     wp_vecs = T.wordpiece_vectors(m, all_words)  # no forward pass: cheap, not cached
     emb = cached("tweets", texts, 64) if "tweets" in parts else None
     aug_emb = cached("variants", aug_texts, 64) if "variants" in parts else np.zeros((0, 384), np.float32)
@@ -525,7 +531,7 @@ def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "varia
     how = key
     secs = round(time.time() - t0, 1)
     print(f"teacher inputs: {len(texts)} tweets, {len(aug_texts)} variants, {len(all_words)} words ({how}, {secs} s)", flush=True)
-    return {"emb": emb, "aug_texts": aug_texts, "aug_emb": aug_emb, "variants": variants, "aug_toks": None,
+    return {"texts": list(texts), "emb": emb, "aug_texts": aug_texts, "aug_emb": aug_emb, "variants": variants, "aug_toks": None,
             "word_vecs": word_vecs, "wp_vecs": wp_vecs, "word_index": {w: i for i, w in enumerate(all_words)}, "extra_words": extra,
             "seconds": secs, "cache_key": key}
 
@@ -563,17 +569,56 @@ def fit_teacher(cfg, x, y):
     return LogisticRegression(C=cfg["C"], class_weight=cfg["class_weight"], max_iter=5000).fit(x, y)
 
 
+def _logit(p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def teacher_logits(cfg, tdata, labels, tr):
+    """The teacher (cfg["kind"]) fitted on the tweets `tr`: its logits on every tweet and variant."""
+    probe = fit_teacher(cfg, tdata["emb"][tr], labels[tr])
+    p = {"texts": probe.predict_proba(tdata["emb"])[:, 1],
+         "aug": probe.predict_proba(tdata["aug_emb"])[:, 1] if len(tdata["aug_emb"]) else np.zeros(0)}
+    if cfg.get("kind", "probe") == "probe+tfidf":
+        x = np.array(tdata["texts"], dtype=object)
+        lr = baseline_pipeline(BASELINE).fit(x[tr], labels[tr])
+        p["texts"] = 0.5 * (p["texts"] + lr.predict_proba(x)[:, 1])
+        if len(tdata["aug_emb"]):
+            p["aug"] = 0.5 * (p["aug"] + lr.predict_proba(np.array(tdata["aug_texts"], dtype=object))[:, 1])
+    else:
+        assert cfg.get("kind", "probe") == "probe", cfg
+    return {k: _logit(v) for k, v in p.items()}
+
+
+def teacher_targets(cfg, tdata, labels, tr):
+    """teacher_logits on the tweets `tr`, and what the student of `tr` learns from: with crossfit k,
+    the entries of `tr` (and their variants) come from teachers fitted on the other inner folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    full = teacher_logits(cfg, tdata, labels, tr)
+    k = cfg.get("crossfit", 0)
+    if not k:
+        return full, full
+    out = {"texts": full["texts"].copy(), "aug": full["aug"].copy()}
+    v = tdata["variants"]
+    for a, b in StratifiedKFold(k, shuffle=True, random_state=SEED).split(np.zeros(len(tr)), labels[tr]):
+        inner = teacher_logits(cfg, tdata, labels, tr[a])
+        out["texts"][tr[b]] = inner["texts"][tr[b]]
+        if v and len(out["aug"]):
+            rows = np.array([i * v + j for i in tr[b] for j in range(v)])
+            out["aug"][rows] = inner["aug"][rows]
+    return full, out
+
+
 def cv_teacher(cfg, tdata, labels, folds):
     """The teacher on the same folds: per fold a probe fitted on the training part only, its held-out
     metrics, and its logits on every tweet and variant (the fold's student reads only its training
     tweets' entries)."""
     per_fold, fold_logits = [], []
     for tr, te in folds:
-        probe = fit_teacher(cfg, tdata["emb"][tr], labels[tr])
-        logit = probe.decision_function(tdata["emb"])
-        aug = probe.decision_function(tdata["aug_emb"]) if len(tdata["aug_emb"]) else np.zeros(0)
-        fold_logits.append({"texts": logit, "aug": aug})
-        per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-logit[te]))))
+        full, student_view = teacher_targets(cfg, tdata, labels, tr)
+        fold_logits.append(student_view)
+        per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-full["texts"][te]))))
     return {"per_fold": per_fold, "folds": fold_logits}
 
 
@@ -1032,9 +1077,7 @@ def main():
         final_teacher = teacher["all"]
     elif uses_teacher(HP):
         # The shipped student's teacher: the probe fitted on all of train.csv.
-        probe = fit_teacher(TEACHER, tdata["emb"], labels)
-        final_teacher = {"texts": probe.decision_function(tdata["emb"]),
-                         "aug": probe.decision_function(tdata["aug_emb"]) if len(tdata["aug_emb"]) else np.zeros(0)}
+        final_teacher = teacher_targets(TEACHER, tdata, labels, np.arange(len(texts)))[1]
     everyone = np.arange(len(texts))
     x_fit, y_fit, c_fit = student_data(HP, everyone, all_toks, labels, vocab, tdata, final_teacher)
     model = fit_cnn(HP, len(vocab), x_fit, y_fit, HP["epochs"], y_class=c_fit,
