@@ -170,8 +170,20 @@ def build_model(w: Weights, producer="kafka-infer model/export.py") -> onnx.Mode
 
 
 def weights_from_keras(model, pad_id, kernel_widths):
-    """The trained weights of train.py's Keras model (layers embedding, conv{k}, score)."""
-    emb = model.get_layer("embedding").get_weights()[0].astype(np.float32).copy()
+    """The trained weights of train.py's Keras model (layers embedding, conv{k}, score).
+
+    A model initialised from pre-trained word vectors has instead a wide frozen embedding
+    ("embedding_pre", [vocab, 384]) followed by a linear projection without bias ("embed_proj",
+    [384, E]); the two are one linear map per token, so they are folded here into one
+    [vocab, E] embedding (emb_pre @ proj, in float64) and the exported graph is the same as for
+    a plain embedding of width E."""
+    names = {layer.name for layer in model.layers}
+    if "embed_proj" in names:
+        pre = model.get_layer("embedding_pre").get_weights()[0].astype(np.float64)
+        proj = model.get_layer("embed_proj").get_weights()[0].astype(np.float64)
+        emb = (pre @ proj).astype(np.float32)
+    else:
+        emb = model.get_layer("embedding").get_weights()[0].astype(np.float32).copy()
     # The trained graph multiplies embeddings by the padding mask; a zero row does the same.
     emb[pad_id] = 0.0
     kernels = [model.get_layer(f"conv{k}").get_weights() for k in kernel_widths]
