@@ -98,6 +98,32 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_owned(), v.to_owned()))
 }
 
+/// One `-X` value (or `KAFKA_INFER_PROPERTIES`): `key=value`, or several separated by commas.
+/// A comma starts a new property only when what follows it has an `=`; otherwise it belongs to
+/// the value — librdkafka has list-valued properties (`debug=cgrp,broker`,
+/// `partition.assignment.strategy=range,roundrobin`).
+fn parse_properties(s: &str) -> Result<Properties, String> {
+    let mut items: Vec<String> = Vec::new();
+    for part in s.split(',') {
+        match items.last_mut() {
+            Some(last) if !part.contains('=') => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => items.push(part.to_owned()),
+        }
+    }
+    items
+        .iter()
+        .map(|i| parse_property(i))
+        .collect::<Result<_, _>>()
+        .map(Properties)
+}
+
+/// The librdkafka properties of one `-X` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Properties(pub Vec<(String, String)>);
+
 /// The one source of defaults: the worker's own (`WorkerConfig::default()`).
 fn d() -> WorkerConfig {
     WorkerConfig::default()
@@ -316,9 +342,10 @@ pub struct RunArgs {
     pub startup_timeout_ms: u64,
     /// A librdkafka property (repeatable), e.g. -X security.protocol=SASL_SSL. Prefix with
     /// "consumer." or "producer." to set it on one client only (e.g. -X consumer.fetch.wait.max.ms=1).
-    /// Env: KAFKA_INFER_PROPERTIES, comma-separated.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property, env = "KAFKA_INFER_PROPERTIES", value_delimiter = ',')]
-    pub properties: Vec<(String, String)>,
+    /// List values keep their commas (-X consumer.debug=cgrp,broker). Env:
+    /// KAFKA_INFER_PROPERTIES, comma-separated (a comma followed by no "=" belongs to the value).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_properties, env = "KAFKA_INFER_PROPERTIES")]
+    pub properties: Vec<Properties>,
 }
 
 impl RunArgs {
@@ -341,7 +368,7 @@ impl RunArgs {
             shadow_topic: self.shadow_topic.clone(),
             log_interval: Duration::from_millis(self.log_interval_ms),
             startup_timeout: Duration::from_millis(self.startup_timeout_ms),
-            client_properties: self.properties.clone(),
+            client_properties: self.properties.iter().flat_map(|p| p.0.clone()).collect(),
             ..WorkerConfig::default()
         })
     }
@@ -410,5 +437,54 @@ mod tests {
         assert_eq!(cfg.latency_budget, Duration::from_millis(3));
         assert_eq!(cfg.policy.max_batch, 64);
         assert_eq!(cfg.policy, demo.pipeline.policy());
+    }
+
+    fn run_properties(argv: &[&str]) -> Vec<(String, String)> {
+        let Command::Run(run) = Cli::parse_from(argv).command else {
+            unreachable!("parsed a run command");
+        };
+        run.worker_config().client_properties
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_property_with_a_list_value_keeps_its_commas() {
+        let got = run_properties(&[
+            "kafka-infer",
+            "run",
+            "-X",
+            "consumer.debug=cgrp,broker",
+            "-X",
+            "partition.assignment.strategy=range,roundrobin",
+            "-X",
+            "linger.ms=5",
+        ]);
+        assert_eq!(
+            got,
+            pairs(&[
+                ("consumer.debug", "cgrp,broker"),
+                ("partition.assignment.strategy", "range,roundrobin"),
+                ("linger.ms", "5"),
+            ])
+        );
+    }
+
+    #[test]
+    fn commas_followed_by_a_key_separate_properties() {
+        assert_eq!(
+            parse_properties("a=1,debug=cgrp,broker,b=2"),
+            Ok(Properties(pairs(&[
+                ("a", "1"),
+                ("debug", "cgrp,broker"),
+                ("b", "2")
+            ])))
+        );
+        assert!(parse_properties("no-equals-sign").is_err());
+        assert!(parse_properties("=value").is_err());
     }
 }
