@@ -20,6 +20,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -227,14 +228,9 @@ impl World {
         want: impl Fn(&[Out]) -> bool,
     ) -> Vec<Out> {
         let c = self.reader(isolation);
-        let deadline = Instant::now() + WAIT;
-        let md = loop {
-            match c.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-                Ok(md) => break md,
-                Err(e) if Instant::now() < deadline => eprintln!("metadata: {e}; asking again"),
-                Err(e) => panic!("metadata of {topic}: {e} (for {} s)", WAIT.as_secs()),
-            }
-        };
+        let md = asking_again(&format!("metadata of {topic}"), || {
+            c.fetch_metadata(Some(topic), Duration::from_secs(10))
+        });
         let mut tpl = TopicPartitionList::new();
         for t in md.topics() {
             for p in t.partitions() {
@@ -284,16 +280,9 @@ impl World {
         for p in 0..PARTITIONS {
             tpl.add_partition(&self.input, p);
         }
-        let deadline = Instant::now() + WAIT;
-        let got = loop {
-            match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-                Ok(got) => break got,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("committed offsets: {e}; asking again");
-                }
-                Err(e) => panic!("committed offsets: {e} (for {} s)", WAIT.as_secs()),
-            }
-        };
+        let got = asking_again("committed offsets", || {
+            c.committed_offsets(tpl.clone(), Duration::from_secs(10))
+        });
         got.elements()
             .iter()
             .filter_map(|e| match e.offset() {
@@ -332,6 +321,19 @@ impl World {
             .expect("alter configs");
         for r in res {
             r.unwrap_or_else(|e| panic!("alter {topic} {key}={value}: {e:?}"));
+        }
+    }
+}
+
+/// Calls `ask` until the broker answers, up to [`WAIT`]: a broker slow to answer (a loaded
+/// 2-core machine, a broker just thawed) is asked again; only then does the test fail.
+fn asking_again<T>(what: &str, mut ask: impl FnMut() -> KafkaResult<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match ask() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => eprintln!("{what}: {e}; asking again"),
+            Err(e) => panic!("{what}: {e} (for {} s)", WAIT.as_secs()),
         }
     }
 }
