@@ -59,7 +59,7 @@ def main():
     t0 = time.time()
     for s in range(0, n, args.batch):
         idx = order[s:s + args.batch]
-        ids, mask = T._pad_batch([wp[i] for i in idx])
+        ids, mask = T.pad_batch([wp[i] for i in idx])
         h4, h5, h6 = (a.numpy() for a in fn(tf.constant(ids), tf.constant(mask)))
         m3 = mask[:, :, None]
         cnt = np.maximum(m3.sum(1), 1e-9)

@@ -70,16 +70,6 @@ def batches_by_length(lengths, batch_size, rng):
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def pad_batch(id_lists):
-    n = max(len(x) for x in id_lists)
-    ids = np.zeros((len(id_lists), n), dtype=np.int32)
-    mask = np.zeros((len(id_lists), n), dtype=np.float32)
-    for i, x in enumerate(id_lists):
-        ids[i, :len(x)] = x
-        mask[i, :len(x)] = 1.0
-    return ids, mask
-
-
 def pad_hidden(arrays):
     n = max(len(a) for a in arrays)
     x = np.zeros((len(arrays), n, arrays[0].shape[1]), dtype=np.float32)
@@ -110,7 +100,7 @@ def frozen_bottom(m, cfg, wp, cache, log=print, batch_size=128):
     out = [None] * len(wp)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        ids, mask = pad_batch([wp[i] for i in idx])
+        ids, mask = T.pad_batch([wp[i] for i in idx])
         h = fn(tf.constant(ids), tf.constant(mask)).numpy()
         for j, i in enumerate(idx):
             out[i] = h[j, :len(wp[i])].copy()

@@ -92,7 +92,7 @@ class MiniLM:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
 
 
-def _pad_batch(id_lists):
+def pad_batch(id_lists):
     n = max(len(x) for x in id_lists)
     ids = np.zeros((len(id_lists), n), dtype=np.int32)
     mask = np.zeros((len(id_lists), n), dtype=np.float32)
@@ -191,7 +191,7 @@ def encode(m: MiniLM, texts, batch_size=128, normalize=True):
     out = np.zeros((len(texts), m.config["hidden_size"]), dtype=np.float32)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        ids, mask = _pad_batch([wp[i] for i in idx])
+        ids, mask = pad_batch([wp[i] for i in idx])
         out[idx] = fn(tf.constant(ids), tf.constant(mask)).numpy()
     if normalize:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
