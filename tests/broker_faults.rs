@@ -188,6 +188,49 @@ fn freezes(broker: &Kafka, times: usize, freeze: Duration, thaw: Duration) {
     }
 }
 
+/// Exactly-once: freezes the only broker for `freeze` (thawing it for `thaw` after each) until
+/// `wanted` freezes have caught a transaction in progress, at most `3 × wanted` freezes. A
+/// freeze counts when the worker's own metrics show it: half a second into it, records consumed
+/// whose outputs are not acknowledged (nothing is acknowledged while the broker is frozen, so
+/// their transaction's commit, which flushes them, is pending in that freeze), or, by its end,
+/// a transactional call that timed out and was called again (pending for a second and more of
+/// that freeze). A freeze can fall where nothing is in flight and no call is made; such a
+/// freeze is not counted. Returns (freezes that counted, freezes made).
+fn freezes_during_transactions(
+    broker: &Kafka,
+    worker: &Worker,
+    wanted: usize,
+    freeze: Duration,
+    thaw: Duration,
+) -> (usize, usize) {
+    let resumed = || {
+        worker
+            .metrics()
+            .get("kafka_infer_transaction_calls_resumed_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    // The in-flight gauge is refreshed every commit interval (200 ms in the tests): the value
+    // read here was set at least 300 ms into the freeze. (Later it says less: a commit that
+    // times out fails its lane, and the rewound lane has nothing in flight.)
+    let look_after = Duration::from_millis(500).min(freeze);
+    let (mut counted, mut made) = (0, 0);
+    while counted < wanted && made < 3 * wanted {
+        let before = resumed();
+        broker.pause_node(1);
+        made += 1;
+        std::thread::sleep(look_after);
+        let in_flight = worker.in_flight() > 0;
+        std::thread::sleep(freeze - look_after);
+        if in_flight || resumed() > before {
+            counted += 1;
+        }
+        broker.resume_node(1);
+        std::thread::sleep(thaw);
+    }
+    (counted, made)
+}
+
 #[test]
 fn at_least_once_through_ten_freezes_past_the_message_timeout_loses_nothing_and_keeps_order() {
     let _serial = one_at_a_time();
@@ -227,7 +270,9 @@ fn exactly_once_through_ten_freezes_during_commits_shows_read_committed_readers_
             "--drain-timeout-ms",
             "1500",
         ],
-        || freezes(broker, 10, Duration::from_secs(3), Duration::from_secs(2)),
+        10,
+        Duration::from_secs(3),
+        Duration::from_secs(2),
     );
 }
 
@@ -246,18 +291,23 @@ fn exactly_once_with_defaults_through_freezes_longer_than_a_commit_bound_has_no_
         "exactly-once, defaults: broker frozen 12 s three times",
         broker,
         &[],
-        || freezes(broker, 3, Duration::from_secs(12), Duration::from_secs(4)),
+        3,
+        Duration::from_secs(12),
+        Duration::from_secs(4),
     );
 }
 
-/// Exactly-once under broker freezes: a transactional call (commit, send offsets) provably
-/// pending across a freeze — the worker's count of resumed calls says so — and still every
-/// input exactly once for a read_committed reader, in order, and exit 0.
+/// Exactly-once under broker freezes: `wanted` freezes (of `freeze`, `thaw` after each) that
+/// caught a transaction in progress ([`freezes_during_transactions`]); the worker must have
+/// resumed a timed-out call, and still
+/// every input comes exactly once for a read_committed reader, in order, and the worker exits 0.
 fn frozen_exactly_once(
     name: &'static str,
     broker: &'static Kafka,
     extra: &[&str],
-    fault: impl FnOnce(),
+    wanted: usize,
+    freeze: Duration,
+    thaw: Duration,
 ) {
     let w = World::on(broker, 1);
     let feeder = w.feed(300);
@@ -268,7 +318,7 @@ fn frozen_exactly_once(
     w.read_isolated(&w.output, "read_committed", WAIT, Duration::ZERO, |o| {
         o.len() >= 1500
     });
-    fault();
+    let (caught, made) = freezes_during_transactions(broker, &worker, wanted, freeze, thaw);
     std::thread::sleep(Duration::from_secs(5));
     let sent = feeder.stop();
     let want = all_inputs(sent);
@@ -293,11 +343,17 @@ fn frozen_exactly_once(
         sent,
         &outs,
         format!(
-            "read_committed; {resumed} transactional calls resumed, {aborted} transactions aborted"
+            "read_committed; {caught} of {made} freezes caught a transaction in progress; {resumed} transactional calls resumed, {aborted} transactions aborted"
         ),
     );
     worker.sample(&mut sc);
     let logs = worker.log_text();
+    // First: a worker that stopped explains every other failure (its metrics are gone too).
+    assert!(worker.is_running(), "the worker exited:\n{logs}");
+    assert_eq!(
+        caught, wanted,
+        "only {caught} of {made} freezes caught a transaction in progress\n{logs}"
+    );
     assert!(
         resumed >= 1.0,
         "no transactional call was pending across a freeze\n{logs}"
@@ -309,7 +365,6 @@ fn frozen_exactly_once(
         "read_committed saw duplicates\n{logs}"
     );
     assert_partition_order(&outs);
-    assert!(worker.is_running(), "the worker exited:\n{logs}");
     assert_eq!(
         worker.terminate(Duration::from_secs(30)),
         Some(0),
