@@ -7,7 +7,38 @@
 pub mod sink;
 pub mod source;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Where librdkafka's debug lines go: the target the default log filter lets through at INFO.
+pub const DEBUG_TARGET: &str = "librdkafka::debug";
+
+/// Logs one line of librdkafka (consumer and producers alike) under the target `librdkafka`.
+///
+/// librdkafka writes debug lines only for the contexts named in its `debug` property, which
+/// someone sets on purpose (`-X consumer.debug=cgrp`): they are logged at INFO under
+/// [`DEBUG_TARGET`], which the default filter shows, rather than at DEBUG under `librdkafka`,
+/// which it hides (`librdkafka=warn`: librdkafka's own info lines are noise in normal running).
+/// A `debug` property that printed nothing cost a day of hunting the rejoin wedge (issue 20).
+pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::info!(target: DEBUG_TARGET, "librdkafka: {fac} {message}")
+        }
+    }
+}
 
 /// Which delivery guarantee the worker gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

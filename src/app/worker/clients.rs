@@ -94,6 +94,15 @@ pub fn client_configs(cfg: &WorkerConfig) -> (ClientConfig, ClientConfig) {
     // theirs to rdkafka's default, which logs each (kilobytes) at INFO. So even a plain
     // `-X statistics.interval.ms=…` stays out of the log.
     producer.remove("statistics.interval.ms");
+    // rdkafka caps librdkafka's log level at what the `log` crate's filter lets through for the
+    // target `librdkafka` (warnings, by default): a `debug` property would then print nothing.
+    // Whoever names debug contexts wants their lines (the log shows them under
+    // `librdkafka::debug`, see `kafka::log_librdkafka`).
+    for client in [&mut consumer, &mut producer] {
+        if client.get("debug").is_some_and(|d| !d.is_empty()) {
+            client.set_log_level(RDKafkaLogLevel::Debug);
+        }
+    }
     (consumer, producer)
 }
 
@@ -130,6 +139,17 @@ mod tests {
         let (c, p) = client_configs(&WorkerConfig::default());
         assert_eq!(c.get("statistics.interval.ms"), Some("5000"), "for the lag");
         assert_eq!(p.get("statistics.interval.ms"), None);
+    }
+
+    #[test]
+    fn a_debug_property_lifts_the_log_level_of_its_client_only() {
+        let cfg = WorkerConfig {
+            client_properties: vec![("consumer.debug".into(), "cgrp,broker".into())],
+            ..WorkerConfig::default()
+        };
+        let (c, p) = client_configs(&cfg);
+        assert_eq!(c.log_level as i32, RDKafkaLogLevel::Debug as i32);
+        assert!((p.log_level as i32) < (RDKafkaLogLevel::Debug as i32));
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Deliveries {
 }
 
 impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::log_librdkafka(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.client_errors_total.inc();

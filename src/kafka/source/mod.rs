@@ -406,30 +406,14 @@ impl Source {
 }
 
 impl ClientContext for Source {
-    /// As rdkafka's default context logs, and counts failed offset commits: for the worker's
+    /// Logs ([`crate::kafka::log_librdkafka`]), and counts failed offset commits: for the worker's
     /// manual asynchronous commits this log line is the only sign librdkafka gives of a failure
     /// (see [`commit::commit_async`], which re-sends every position each interval).
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "COMMITFAIL" {
             self.shared.metrics.commit_errors_total.inc();
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}")
-            }
-        }
+        crate::kafka::log_librdkafka(level, fac, message);
     }
 
     fn stats(&self, stats: Statistics) {
