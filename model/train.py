@@ -9,7 +9,7 @@ Usage (from the repository root; `just train` does this in a venv):
     python model/train.py --search
         First the hyper-parameter search (SEARCH_GRID and BASELINE_GRID, same folds; writes
         cv_search.json), then the above with its winner. About 20-25 minutes on 2 busy cores.
-    python model/train.py --cv-only [--cv-seed N] [--group-duplicates] [--hp JSON]
+    python model/train.py --cv-only [--cv-seed N] [--group-duplicates] [--hp JSON] [--threads N]
         Only print the CV table (checks: another fold split, duplicate tweets kept together).
 
 Rewrites, in --out: model.onnx, vocab.txt, preprocess.json, golden.jsonl, metrics.json,
@@ -1025,7 +1025,13 @@ def main():
                     help="keep tweets with identical token lists in one fold (a check for duplicate leakage)")
     ap.add_argument("--teacher-cfg", type=json.loads, default={},
                     help='JSON overrides of TEACHER (after STUDENT_TEACHER), e.g. \'{"features": "mean+max"}\'')
+    ap.add_argument("--threads", type=int, default=0,
+                    help="TensorFlow intra- and inter-op threads (0: TensorFlow's default); CV figures move in the "
+                         "third decimal with the thread count (float summation order)")
     args = ap.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.student:
         HP.update(STUDENT)
         TEACHER.update(STUDENT_TEACHER)
