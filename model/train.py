@@ -9,7 +9,7 @@ Usage (from the repository root; `just train` does this in a venv):
     python model/train.py --search
         First the hyper-parameter search (SEARCH_GRID and BASELINE_GRID, same folds; writes
         cv_search.json), then the above with its winner. About 20-25 minutes on 2 busy cores.
-    python model/train.py --cv-only [--cv-seed N] [--group-duplicates] [--hp JSON]
+    python model/train.py --cv-only [--cv-seed N] [--group-duplicates] [--hp JSON] [--threads N]
         Only print the CV table (checks: another fold split, duplicate tweets kept together).
 
 Rewrites, in --out: model.onnx, vocab.txt, preprocess.json, golden.jsonl, metrics.json,
@@ -537,7 +537,7 @@ def teacher_data(texts, hp_variants, cache_dir, parts=("words", "tweets", "varia
     print(f"teacher inputs: {len(texts)} tweets, {len(aug_texts)} variants, {len(all_words)} words ({how}, {secs} s)", flush=True)
     return {"texts": list(texts), "emb": emb, "aug_texts": aug_texts, "aug_emb": aug_emb, "variants": variants, "aug_toks": None,
             "word_vecs": word_vecs, "wp_vecs": wp_vecs, "word_index": {w: i for i, w in enumerate(all_words)}, "extra_words": extra,
-            "seconds": secs, "cache_key": key}
+            "seconds": secs, "cache_key": key, "cache_dir": cache_dir}
 
 
 def teacher_provenance(tdata, teacher=None):
@@ -578,10 +578,31 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
+def probe_features(cfg, tdata):
+    """The probe's input for every tweet: cfg["features"] "mean" (the mean-pooled, L2-normalised
+    last layer, default) or "mean+max" (that and the L2-normalised max-pooled last layer: README
+    attempts 5 and 8; read from encode_cache.py's cache, which holds it for the tweets only)."""
+    what = cfg.get("features", "mean")
+    if what == "mean":
+        return tdata["emb"]
+    assert what == "mean+max", cfg
+    assert not len(tdata["aug_emb"]), "mean+max features exist for the tweets only, not for the variants"
+    if tdata.get("max6") is None:
+        import teacher as T
+
+        key = hashlib.sha256(json.dumps([T.PINNED, T.MAX_WORDPIECES, tdata["texts"]]).encode()).hexdigest()[:16]
+        path = tdata["cache_dir"] / f"teacher-feats-{key}.npz"
+        assert path.exists(), f"{path} missing: run model/encode_cache.py first"
+        mx = np.load(path)["max6"]
+        tdata["max6"] = mx / np.maximum(np.linalg.norm(mx, axis=1, keepdims=True), 1e-12)
+    return np.hstack([tdata["emb"], tdata["max6"]])
+
+
 def teacher_logits(cfg, tdata, labels, tr):
     """The teacher (cfg["kind"]) fitted on the tweets `tr`: its logits on every tweet and variant."""
-    probe = fit_teacher(cfg, tdata["emb"][tr], labels[tr])
-    p = {"texts": probe.predict_proba(tdata["emb"])[:, 1],
+    feats = probe_features(cfg, tdata)
+    probe = fit_teacher(cfg, feats[tr], labels[tr])
+    p = {"texts": probe.predict_proba(feats)[:, 1],
          "aug": probe.predict_proba(tdata["aug_emb"])[:, 1] if len(tdata["aug_emb"]) else np.zeros(0)}
     if cfg.get("kind", "probe") == "probe+tfidf":
         x = np.array(tdata["texts"], dtype=object)
@@ -863,7 +884,7 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=
     if tdata is not None and tdata.get("emb") is not None:
         t = time.time()
         probe = cv_teacher(TEACHER, tdata, labels, folds)
-        s_probe = {"model": "all-MiniLM-L6-v2, frozen, mean-pooled + logistic regression (lbfgs)"
+        s_probe = {"model": f"all-MiniLM-L6-v2, frozen, {TEACHER.get('features', 'mean')}-pooled + logistic regression (lbfgs)"
                             + (", averaged with TF-IDF + LR" if TEACHER.get("kind") == "probe+tfidf" else ""),
                    "config": TEACHER, **summarize(probe["per_fold"]), "seconds": round(time.time() - t, 1)}
     if hp.get("teacher") == "finetuned":
@@ -1002,11 +1023,20 @@ def main():
                     help="where the frozen encoder's outputs are cached (not committed)")
     ap.add_argument("--group-duplicates", action="store_true",
                     help="keep tweets with identical token lists in one fold (a check for duplicate leakage)")
+    ap.add_argument("--teacher-cfg", type=json.loads, default={},
+                    help='JSON overrides of TEACHER (after STUDENT_TEACHER), e.g. \'{"features": "mean+max"}\'')
+    ap.add_argument("--threads", type=int, default=0,
+                    help="TensorFlow intra- and inter-op threads (0: TensorFlow's default); CV figures move in the "
+                         "third decimal with the thread count (float summation order)")
     args = ap.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.student:
         HP.update(STUDENT)
         TEACHER.update(STUDENT_TEACHER)
     HP.update(args.hp)
+    TEACHER.update(args.teacher_cfg)
     if args.teacher:
         import subprocess
 
