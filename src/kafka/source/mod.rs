@@ -360,6 +360,7 @@ impl Source {
                 join_state = %cgrp.join_state,
                 partitions = cgrp.assignment_size,
                 last_rebalance = %cgrp.rebalance_reason,
+                brokers = %broker_states(stats),
                 "consumer group membership"
             );
         }
@@ -367,10 +368,11 @@ impl Source {
         drop(watch);
         if let GroupHealth::Stuck { join_state, for_ } = health {
             self.shared.shutdown.fail(format!(
-                "the consumer has owned no partition and not rejoined its group for {} s (librdkafka group state \"{}\", join state \"{join_state}\", last rebalance: {}); a restart joins afresh and resumes from the committed offsets",
+                "the consumer has owned no partition and not rejoined its group for {} s (librdkafka group state \"{}\", join state \"{join_state}\", last rebalance: {}; the consumer's brokers: {}); a restart joins afresh and resumes from the committed offsets",
                 for_.as_secs(),
                 cgrp.state,
-                cgrp.rebalance_reason
+                cgrp.rebalance_reason,
+                broker_states(stats)
             ));
         }
     }
@@ -403,6 +405,20 @@ impl Source {
             }
         }
     }
+}
+
+/// The consumer's brokers as librdkafka's statistics see them — name, connection state and for
+/// how long — for the membership log and the stuck-group error: a group that cannot rejoin is
+/// often a consumer with no broker connection up (issue 20's wedge: "query-coord" for minutes
+/// while the worker's producers reached the same broker).
+fn broker_states(stats: &Statistics) -> String {
+    let mut brokers: Vec<String> = stats
+        .brokers
+        .values()
+        .map(|b| format!("{} {} {} s", b.name, b.state, b.stateage / 1_000_000))
+        .collect();
+    brokers.sort();
+    brokers.join(", ")
 }
 
 impl ClientContext for Source {
