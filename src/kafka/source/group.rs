@@ -2,22 +2,27 @@
 //!
 //! After a lost assignment (a session that timed out while the broker was frozen, say), the
 //! consumer must rejoin its group before it gets partitions again. librdkafka does that on its
-//! own — but in two full test runs (exactly-once, three 12 s broker freezes; the test is
-//! ignored until the cause is known, see RELIABILITY.md) a worker never rejoined: its
-//! partitions were revoked as lost and none came back for minutes, while the process looked
-//! alive. Nothing was lost (nothing was committed past what was produced), but nothing moved
-//! either. A worker that owns no partition and whose membership stays unsettled far longer than
-//! any legitimate rebalance can take is stuck, and stuck must be loud and bounded: the watch
-//! says so, and the worker stops with an error (exit 3) for its supervisor to restart it — a
-//! new consumer joins afresh and resumes from the committed offsets.
+//! own — but in four test runs of 2026-12-04/05 (exactly-once, broker freezes; RELIABILITY.md)
+//! a worker never rejoined: its partitions were revoked as lost and none came back, while the
+//! process looked alive. Nothing was lost (nothing was committed past what was produced), but
+//! nothing moved either. The cause, in librdkafka's debug log of the last one, was librdkafka's:
+//! its consumer lost every broker (a Metadata
+//! answer listing none, from a broker its controller had fenced, decommissioned the only one,
+//! and a re-bootstrap cancelled earlier had disabled re-bootstrapping), its group sat in
+//! `query-coord`; the vendored librdkafka carries the fix (third_party/README.md). The watch
+//! stays, for whatever else may keep a consumer out of its group: a worker that owns no
+//! partition and whose membership stays unsettled far longer than any legitimate rebalance can
+//! take is stuck, and stuck must be loud and bounded: the watch says so (naming the consumer's
+//! brokers and their states), and the worker stops with an error (exit 3) for its supervisor
+//! to restart it — a new consumer joins afresh and resumes from the committed offsets. It
+//! caught the wedge twice (85 s each, the tests' bound) before the fix.
 //!
 //! "Unsettled" is librdkafka's join state being anything but `steady`, in any group state
-//! (whether the coordinator is connected or still being looked for: the wedge's state was not
-//! caught in a log), while the worker owns no partition — a member that keeps its partitions
-//! through a long cooperative rebalance is still working, and one that has none in a steady
-//! group (more workers than partitions) is settled. A broker outage longer than the bound also
-//! stops the worker: loudly, which is what a worker that cannot work should do. The bound is derived from the
-//! consumer's own settings ([`GroupWatch::bound_for`]): the longest a rebalance may
+//! (whether the coordinator is connected or still being looked for), while the worker owns no
+//! partition — a member that keeps its partitions through a long cooperative rebalance is still
+//! working, and one that has none in a steady group (more workers than partitions) is settled. A
+//! broker outage longer than the bound also stops the worker: loudly, which is what a worker that
+//! cannot work should do. The bound is derived from the consumer's own settings ([`GroupWatch::bound_for`]): the longest a rebalance may
 //! legitimately take (`max.poll.interval.ms`, the rebalance timeout) plus a session timeout,
 //! plus a minute.
 

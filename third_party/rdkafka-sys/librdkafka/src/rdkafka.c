@@ -2891,12 +2891,21 @@ void rd_kafka_rebootstrap_tmr_start_maybe(rd_kafka_t *rk) {
  * @locality any
  */
 int rd_kafka_rebootstrap_tmr_stop(rd_kafka_t *rk) {
+        int stopped;
+
         if (rk->rk_conf.metadata_recovery_strategy ==
             RD_KAFKA_METADATA_RECOVERY_STRATEGY_NONE)
                 return 0;
 
-        return rd_kafka_timer_stop(&rk->rk_timers, &rk->rebootstrap_tmr,
-                                   rd_true /* lock */);
+        stopped = rd_kafka_timer_stop(&rk->rk_timers, &rk->rebootstrap_tmr,
+                                      rd_true /* lock */);
+        /* kafka-infer patch: a re-bootstrap scheduled by rd_kafka_rebootstrap()
+         * and cancelled here before its timer fired never runs, so it is no
+         * longer in progress. Left set, every later rd_kafka_rebootstrap()
+         * would be skipped for the life of the client. */
+        if (stopped)
+                rd_atomic32_set(&rk->rk_rebootstrap_in_progress, 0);
+        return stopped;
 }
 
 /**

@@ -35,6 +35,7 @@
 #include "rdkafka_request.h"
 #include "rdkafka_idempotence.h"
 #include "rdkafka_metadata.h"
+#include "rdunittest.h" /* kafka-infer patch: unittest_rebootstrap */
 
 #include <string.h>
 #include <stdarg.h>
@@ -481,6 +482,14 @@ static void rd_kafka_metadata_decommission_unavailable_brokers(
         rd_bool_t has_learned_brokers = rd_false;
         rd_list_t brokers_to_decommission;
         int i;
+
+        /* kafka-infer patch: a response that lists no broker at all says
+         * nothing about which brokers exist: a KRaft broker fenced by its
+         * controller (after a pause longer than its session) answers with an
+         * empty broker list until it is unfenced. Decommissioning every
+         * learned broker on it would leave the client without any broker. */
+        if (md->broker_cnt == 0)
+                return;
 
         rd_kafka_wrlock(rk);
         TAILQ_FOREACH(rkb, &rk->rk_brokers, rkb_link) {
@@ -2207,3 +2216,92 @@ rd_kafka_metadata_update_op(rd_kafka_t *rk, rd_kafka_metadata_internal_t *mdi) {
 
         return RD_KAFKA_OP_RES_HANDLED;
 }
+
+
+/**
+ * @name kafka-infer patch: unit tests of the re-bootstrap fixes above
+ *       (`RD_UT_TEST=rebootstrap`, run by tests/vendored_librdkafka.rs).
+ * @{
+ */
+
+/** A client without bootstrap servers: nothing connects behind the test. */
+static rd_kafka_t *ut_rebootstrap_client(void) {
+        char errstr[256];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        return rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+}
+
+/** Waits (bounded) until no re-bootstrap is in progress. */
+static int ut_rebootstrap_settled(rd_kafka_t *rk) {
+        int i;
+        for (i = 0; i < 500; i++) {
+                if (!rd_atomic32_get(&rk->rk_rebootstrap_in_progress))
+                        return 1;
+                rd_usleep(10 * 1000, NULL);
+        }
+        return 0;
+}
+
+/**
+ * A re-bootstrap that a Metadata response cancels before its timer fires (a
+ * broker came back right after "all brokers down") must not stay "in progress":
+ * otherwise no later "all brokers down" re-bootstraps again.
+ */
+static int ut_rebootstrap_cancelled_is_not_in_progress(void) {
+        rd_kafka_t *rk = ut_rebootstrap_client();
+        int cancelled  = 0, i;
+
+        RD_UT_ASSERT(rk != NULL, "client not created");
+        for (i = 0; i < 100 && !cancelled; i++) {
+                RD_UT_ASSERT(ut_rebootstrap_settled(rk),
+                             "a re-bootstrap never finished");
+                rd_kafka_rebootstrap(rk);      /* as ALL_BROKERS_DOWN does */
+                cancelled = rd_kafka_rebootstrap_tmr_stop(rk); /* Metadata */
+        }
+        RD_UT_ASSERT(cancelled, "no pending re-bootstrap was cancelled");
+        RD_UT_ASSERT(!rd_atomic32_get(&rk->rk_rebootstrap_in_progress),
+                     "a cancelled re-bootstrap is still in progress: every "
+                     "later re-bootstrap would be skipped");
+        /* And the next one runs. */
+        rd_kafka_rebootstrap(rk);
+        RD_UT_ASSERT(ut_rebootstrap_settled(rk),
+                     "the next re-bootstrap did not run");
+        rd_kafka_destroy(rk);
+        RD_UT_PASS();
+}
+
+/** A Metadata response with topics but no broker decommissions no broker. */
+static int ut_rebootstrap_empty_broker_list_keeps_brokers(void) {
+        rd_kafka_t *rk = ut_rebootstrap_client();
+        rd_kafka_metadata_t md;
+        rd_kafka_broker_t *rkb;
+
+        RD_UT_ASSERT(rk != NULL, "client not created");
+        rd_kafka_wrlock(rk);
+        rkb = rd_kafka_broker_add(rk, RD_KAFKA_LEARNED,
+                                  RD_KAFKA_PROTO_PLAINTEXT, "127.0.0.1", 9, 1);
+        rd_kafka_wrunlock(rk);
+        RD_UT_ASSERT(rkb != NULL, "learned broker not added");
+
+        memset(&md, 0, sizeof(md));
+        md.broker_cnt = 0;
+        md.topic_cnt  = 1; /* topics were listed, brokers were not */
+        rd_kafka_metadata_decommission_unavailable_brokers(rk, &md, NULL);
+
+        rkb = rd_kafka_broker_find_by_nodeid(rk, 1);
+        RD_UT_ASSERT(rkb != NULL,
+                     "the only broker was decommissioned on a response "
+                     "listing no broker");
+        rd_kafka_broker_destroy(rkb);
+        rd_kafka_destroy(rk);
+        RD_UT_PASS();
+}
+
+int unittest_rebootstrap(void) {
+        int fails = 0;
+        fails += ut_rebootstrap_cancelled_is_not_in_progress();
+        fails += ut_rebootstrap_empty_broker_list_keeps_brokers();
+        return fails;
+}
+
+/**@}*/

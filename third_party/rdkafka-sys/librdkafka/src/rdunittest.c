@@ -423,6 +423,7 @@ extern int unittest_scram(void);
 #endif
 extern int unittest_assignors(void);
 extern int unittest_map(void);
+extern int unittest_rebootstrap(void); /* kafka-infer patch */
 #if WITH_CURL
 extern int unittest_http(void);
 #endif
@@ -481,6 +482,7 @@ int rd_unittest(void) {
             {"telemetry", unittest_telemetry},
             {"telemetry_decode", unittest_telemetry_decode},
             {"feature", unittest_feature},
+            {"rebootstrap", unittest_rebootstrap}, /* kafka-infer patch */
             {NULL}};
         int i;
         const char *match = rd_getenv("RD_UT_TEST", NULL);
