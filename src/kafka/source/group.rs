@@ -15,7 +15,7 @@
 //! take is stuck, and stuck must be loud and bounded: the watch says so (naming the consumer's
 //! brokers and their states), and the worker stops with an error (exit 3) for its supervisor
 //! to restart it — a new consumer joins afresh and resumes from the committed offsets. It
-//! caught the wedge twice (85 s each, the tests' bound) before the fix.
+//! caught the wedge twice (84 and 85 s, the tests' bound being 81 s) before the fix.
 //!
 //! "Unsettled" is librdkafka's join state being anything but `steady`, in any group state
 //! (whether the coordinator is connected or still being looked for), while the worker owns no
