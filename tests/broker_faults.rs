@@ -195,7 +195,10 @@ fn freezes(broker: &Kafka, times: usize, freeze: Duration, thaw: Duration) {
 /// their transaction's commit, which flushes them, is pending in that freeze), or, by its end,
 /// a transactional call that timed out and was called again (pending for a second and more of
 /// that freeze). A freeze can fall where nothing is in flight and no call is made; such a
-/// freeze is not counted. Returns (freezes that counted, freezes made).
+/// freeze is not counted. Each freeze starts once the worker consumes again (300 records since
+/// the thaw, at most a minute): after a freeze past its session it first has to rejoin its
+/// group, and a freeze while it owns no partition would catch nothing (a run of 2026-12-05 with
+/// fixed 4 s thaws: 2 of 9). Returns (freezes that counted, freezes made).
 fn freezes_during_transactions(
     broker: &Kafka,
     worker: &Worker,
@@ -203,13 +206,9 @@ fn freezes_during_transactions(
     freeze: Duration,
     thaw: Duration,
 ) -> (usize, usize) {
-    let resumed = || {
-        worker
-            .metrics()
-            .get("kafka_infer_transaction_calls_resumed_total")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let counter = |name: &str| worker.metrics().get(name).copied().unwrap_or(0.0);
+    let resumed = || counter("kafka_infer_transaction_calls_resumed_total");
+    let consumed = || counter("kafka_infer_records_consumed_total");
     // The in-flight gauge is refreshed every commit interval (200 ms in the tests): the value
     // read here was set at least 300 ms into the freeze. (Later it says less: a commit that
     // times out fails its lane, and the rewound lane has nothing in flight.)
@@ -227,6 +226,11 @@ fn freezes_during_transactions(
         }
         broker.resume_node(1);
         std::thread::sleep(thaw);
+        let thawed = consumed();
+        let working_by = std::time::Instant::now() + Duration::from_secs(60);
+        while consumed() < thawed + 300.0 && std::time::Instant::now() < working_by {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     (counted, made)
 }
