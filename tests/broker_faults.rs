@@ -9,7 +9,7 @@
 mod support;
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::kafka::Kafka;
 use support::report::Scenario;
@@ -206,9 +206,8 @@ fn freezes_during_transactions(
     freeze: Duration,
     thaw: Duration,
 ) -> (usize, usize) {
-    let counter = |name: &str| worker.metrics().get(name).copied().unwrap_or(0.0);
-    let resumed = || counter("kafka_infer_transaction_calls_resumed_total");
-    let consumed = || counter("kafka_infer_records_consumed_total");
+    let resumed = || worker.metric("kafka_infer_transaction_calls_resumed_total");
+    let consumed = || worker.metric("kafka_infer_records_consumed_total");
     // The in-flight gauge is refreshed every commit interval (200 ms in the tests): the value
     // read here was set at least 300 ms into the freeze. (Later it says less: a commit that
     // times out fails its lane, and the rewound lane has nothing in flight.)
@@ -227,8 +226,8 @@ fn freezes_during_transactions(
         broker.resume_node(1);
         std::thread::sleep(thaw);
         let thawed = consumed();
-        let working_by = std::time::Instant::now() + Duration::from_secs(60);
-        while consumed() < thawed + 300.0 && std::time::Instant::now() < working_by {
+        let working_by = Instant::now() + Duration::from_secs(60);
+        while consumed() < thawed + 300.0 && Instant::now() < working_by {
             std::thread::sleep(Duration::from_millis(100));
         }
     }

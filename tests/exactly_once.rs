@@ -241,13 +241,7 @@ fn an_owner_fenced_by_a_stranger_takes_its_partition_back_and_stays_exactly_once
     let mut worker = eos_worker(&w, &[]);
     w.read(&w.output, WAIT, Duration::ZERO, |o| o.len() >= 100);
     let id = format!("{}-{}-0", w.group, w.input);
-    let rewinds = |worker: &Worker| {
-        worker
-            .metrics()
-            .get("kafka_infer_partition_rewinds_total")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let rewinds = |worker: &Worker| worker.metric("kafka_infer_partition_rewinds_total");
     for round in 1..=3 {
         wait_until(WAIT, "records in flight", || worker.in_flight() > 0);
         let r0 = rewinds(&worker);

@@ -360,12 +360,7 @@ fn healthz_answers_while_a_partition_waits_for_its_transactional_producer() {
         ])
         .env("RUST_LOG", "info,kafka_infer=debug");
     let mut worker = support::Worker::spawn(cmd, log);
-    let resumed = |w: &support::Worker| {
-        w.metrics()
-            .get("kafka_infer_transaction_calls_resumed_total")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let resumed = |w: &support::Worker| w.metric("kafka_infer_transaction_calls_resumed_total");
     let deadline = Instant::now() + Duration::from_secs(60);
     while resumed(&worker) < 2.0 {
         assert!(

@@ -136,12 +136,7 @@ fn reloads_swap_models_mid_stream_reject_a_broken_one_and_lose_nothing() {
     w.read(&w.output, WAIT, Duration::ZERO, has(&vb));
     switch(&d.live, &d.broken);
     wait_until(Duration::from_secs(30), "the broken model rejected", || {
-        worker
-            .metrics()
-            .get("kafka_infer_model_reloads_total")
-            .copied()
-            .unwrap_or(0.0)
-            >= 2.0
+        worker.metric("kafka_infer_model_reloads_total") >= 2.0
     });
     assert!(
         worker.log_text().contains("model reload rejected"),

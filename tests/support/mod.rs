@@ -603,14 +603,17 @@ impl Worker {
         Some((code, body))
     }
 
+    /// One metric from a fresh scrape, summed over its labels (0 when absent or unreachable).
+    /// Several values that must agree with each other come from one [`Worker::metrics`].
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics().get(name).copied().unwrap_or(0.0)
+    }
+
     /// Records consumed whose outputs are not acknowledged now, from the worker's own
     /// per-partition gauge (lifetime counters would still count what a rewind or a revoke
     /// dropped, long after nothing is in flight).
     pub fn in_flight(&self) -> i64 {
-        self.metrics()
-            .get("kafka_infer_in_flight")
-            .copied()
-            .unwrap_or(0.0) as i64
+        self.metric("kafka_infer_in_flight") as i64
     }
 }
 
