@@ -24,9 +24,10 @@ fn main() {
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,librdkafka=warn,librdkafka::debug=info,tract_linalg=warn",
-                )
+                tracing_subscriber::EnvFilter::new(format!(
+                    "info,librdkafka=warn,{}=info,tract_linalg=warn",
+                    kafka_infer::kafka::DEBUG_TARGET
+                ))
             }),
         )
         .init();

@@ -6,10 +6,10 @@
 //! a worker never rejoined: its partitions were revoked as lost and none came back, while the
 //! process looked alive. Nothing was lost (nothing was committed past what was produced), but
 //! nothing moved either. The cause, in librdkafka's debug log of the last one, was librdkafka's:
-//! its consumer lost every broker (a Metadata
-//! answer listing none, from a broker its controller had fenced, decommissioned the only one,
-//! and a re-bootstrap cancelled earlier had disabled re-bootstrapping), its group sat in
-//! `query-coord`; the vendored librdkafka carries the fix (third_party/README.md). The watch
+//! its consumer lost every broker (a Metadata answer listing none, from a broker its controller
+//! had fenced, decommissioned the only one, and a re-bootstrap cancelled earlier had disabled
+//! re-bootstrapping), its group sat in `query-coord`; the vendored librdkafka carries the fix
+//! (third_party/README.md). The watch
 //! stays, for whatever else may keep a consumer out of its group: a worker that owns no
 //! partition and whose membership stays unsettled far longer than any legitimate rebalance can
 //! take is stuck, and stuck must be loud and bounded: the watch says so (naming the consumer's
@@ -22,9 +22,9 @@
 //! partition — a member that keeps its partitions through a long cooperative rebalance is still
 //! working, and one that has none in a steady group (more workers than partitions) is settled. A
 //! broker outage longer than the bound also stops the worker: loudly, which is what a worker that
-//! cannot work should do. The bound is derived from the consumer's own settings ([`GroupWatch::bound_for`]): the longest a rebalance may
-//! legitimately take (`max.poll.interval.ms`, the rebalance timeout) plus a session timeout,
-//! plus a minute.
+//! cannot work should do. The bound is derived from the consumer's own settings
+//! ([`GroupWatch::bound_for`]): the longest a rebalance may legitimately take
+//! (`max.poll.interval.ms`, the rebalance timeout) plus a session timeout, plus a minute.
 
 use std::time::{Duration, Instant};
 
