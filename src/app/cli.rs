@@ -1,4 +1,8 @@
 //! Command-line interface (clap derive). Every flag can also be set from the environment.
+//!
+//! The doc comments here are `--help` text first: `{"value":[score]}` and `<tweet>` stay as a
+//! user types them, not escaped for rustdoc (which would read them as a link and an HTML tag).
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -167,7 +167,7 @@ impl Tokenizer {
     /// Tokenizes `text`, appending at most `max_len` ids to `out` (which may already hold other
     /// tweets' ids: the worker keeps one id buffer per chunk of records).
     ///
-    /// Works in windows of up to [`WINDOW`] pieces: find them, prefetch the table slot of each
+    /// Works in windows of up to `WINDOW` pieces: find them, prefetch the table slot of each
     /// token, then look them up in order. In the worker the vocabulary is mostly out of L2 by
     /// the time the next tweet comes (librdkafka and the model pass through the same caches),
     /// and a lookup is then a wait for memory; one token after another, the waits add up,

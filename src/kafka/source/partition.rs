@@ -1,7 +1,7 @@
 //! One thread per assigned partition: it polls the partition's own queue, decodes and tokenizes
 //! the records into [`Chunk`]s, hands them to the inference threads (waiting, boundedly, for
 //! channel room and byte budget: that is the backpressure), commits exactly-once transactions,
-//! and rewinds its lane after a failed output (`rewind`). What it keeps per lane (a [`Cursor`])
+//! and rewinds its lane after a failed output (`rewind`). What it keeps per lane (a `Cursor`)
 //! is rebuilt on every rewind; what it keeps per partition (the rewind count, the chunk sizes,
 //! the decoder) survives them.
 
