@@ -203,6 +203,9 @@ def main():
     ap.add_argument("--cache", type=Path, default=HERE / ".cache")
     ap.add_argument("--folds", default="0,1,2,3,4,all", help="which runs to do (cached ones are read)")
     ap.add_argument("--cfg", type=json.loads, default={}, help="JSON overrides of FT")
+    ap.add_argument("--cv-seed", type=int, default=SEED,
+                    help="seed of the fold split (train.py --cv-seed); another than 42 writes "
+                         "teacher_scores-cv<seed>.npz/.json, runs 0-4 only (a check, never shipped)")
     args = ap.parse_args()
     cfg = dict(FT, **args.cfg)
 
@@ -210,7 +213,8 @@ def main():
 
     tf.config.experimental.enable_op_determinism()
     texts, labels = TR.read_train(args.data)
-    folds = TR.cv_folds(labels, SEED)
+    folds = TR.cv_folds(labels, args.cv_seed)
+    check = args.cv_seed != SEED  # a confirmation split: its own teachers, no shipped teacher
     m = T.MiniLM()
     m.tokenizer.enable_truncation(cfg["max_wordpieces"])
     wp = m.wordpieces([clean(t) for t in texts])
@@ -219,9 +223,11 @@ def main():
     m.tokenizer.no_truncation()
     full_len = [len(e.ids) for e in m.tokenizer.encode_batch([clean(t) for t in texts])]
     truncated = int(sum(n > cfg["max_wordpieces"] for n in full_len))
-    key = hashlib.sha256(json.dumps([T.PINNED, cfg, SEED, hashlib.sha256(args.data.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([T.PINNED, cfg, SEED, hashlib.sha256(args.data.read_bytes()).hexdigest()]
+                                    + ([args.cv_seed] if check else [])).encode()).hexdigest()[:16]
     args.cache.mkdir(parents=True, exist_ok=True)
     runs = [r for r in args.folds.split(",") if r]
+    wanted = ["0", "1", "2", "3", "4"] + ([] if check else ["all"])
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"fine-tuning teacher: {cfg}; {len(texts)} tweets ({truncated} truncated), {len(aug_texts)} variants; key {key}")
     data_sha = hashlib.sha256(args.data.read_bytes()).hexdigest()
@@ -231,7 +237,7 @@ def main():
     seconds_frozen = time.time() - t0
     hid, hid_aug = hidden[:len(wp)], hidden[len(wp):]
     results, seconds = {}, {}
-    for r in ["0", "1", "2", "3", "4", "all"]:
+    for r in wanted:
         path = args.cache / f"finetuned-{r}-{key}.npz"
         if path.exists():
             z = np.load(path)
@@ -254,17 +260,18 @@ def main():
             te = folds[int(r)][1]
             f = TR.binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-out["texts"][te].astype(np.float64))))
             log(f"run {r}: held-out F1 {f['f1']:.4f} ROC-AUC {f['roc_auc']:.4f}; {seconds[r]:.0f} s")
-    if set(results) != {"0", "1", "2", "3", "4", "all"}:
-        log(f"done runs {sorted(results)}; teacher_scores not written until all six are done")
+    if set(results) != set(wanted):
+        log(f"done runs {sorted(results)}; teacher_scores not written until runs {','.join(wanted)} are done")
         return
     per_fold = []
     for k, (_, te) in enumerate(folds):
         per_fold.append(TR.binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-results[str(k)]["texts"][te].astype(np.float64)))))
     arrays = {}
-    for r in ["0", "1", "2", "3", "4", "all"]:
+    for r in wanted:
         arrays[f"texts_{r}"] = results[r]["texts"].astype(np.float32)
         arrays[f"aug_{r}"] = results[r]["aug"].astype(np.float32)
-    npz = args.out / "teacher_scores.npz"
+    stem = f"teacher_scores-cv{args.cv_seed}" if check else "teacher_scores"
+    npz = args.out / f"{stem}.npz"
     # np.savez writes zip entries with a fixed timestamp: the same arrays give the same bytes.
     np.savez_compressed(npz, **arrays)
     import importlib.metadata as md
@@ -280,6 +287,7 @@ def main():
         "tensorflow": tf.__version__,
         "config": cfg,
         "seed": SEED,
+        "cv_seed": args.cv_seed,
         "train_csv_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
         "tweets": len(texts),
         "truncated": truncated,
@@ -289,9 +297,9 @@ def main():
         "seconds_frozen_layers": round(seconds_frozen, 1),
         "npz_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
     }
-    (args.out / "teacher_scores.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(meta, indent=1) + "\n")
     log(f"teacher CV F1 {summary['mean']['f1']:.4f} ± {summary['sd']['f1']:.4f}, ROC-AUC {summary['mean']['roc_auc']:.4f}")
-    log(f"wrote {npz} and teacher_scores.json")
+    log(f"wrote {npz} and {stem}.json")
 
 
 if __name__ == "__main__":

@@ -647,12 +647,14 @@ def cv_teacher(cfg, tdata, labels, folds):
     return {"per_fold": per_fold, "folds": fold_logits}
 
 
-def load_finetuned_teacher(model_dir: Path, labels, folds):
+def load_finetuned_teacher(model_dir: Path, labels, folds, cv_seed=SEED):
     """The fine-tuned teacher's committed logits (model/finetune_teacher.py writes them): checked
     against the SHA-256 in teacher_scores.json and against the data and folds used here. Same shape
     as cv_teacher's result, plus "all" (the teacher fine-tuned on all of train.csv) and "meta"."""
-    meta = json.loads((model_dir / "teacher_scores.json").read_text())
-    npz = model_dir / "teacher_scores.npz"
+    # Another fold split than the shipped one (--cv-seed, a check) has its own teachers.
+    stem = "teacher_scores" if cv_seed == SEED else f"teacher_scores-cv{cv_seed}"
+    meta = json.loads((model_dir / f"{stem}.json").read_text())
+    npz = model_dir / f"{stem}.npz"
     got = hashlib.sha256(npz.read_bytes()).hexdigest()
     if got != meta["npz_sha256"]:
         raise SystemExit(f"{npz}: SHA-256 {got}, teacher_scores.json says {meta['npz_sha256']}: "
@@ -666,8 +668,9 @@ def load_finetuned_teacher(model_dir: Path, labels, folds):
         per_fold.append(binary_metrics(labels[te], 1.0 / (1.0 + np.exp(-logit[te]))))
     # The same held-out metrics as when the scores were made: same folds, same data.
     assert abs(summarize(per_fold)["mean"]["f1"] - meta["cv"]["mean"]["f1"]) < 1e-9, "folds differ from the teacher's"
+    shipped = "texts_all" in z.files  # absent for a check split
     return {"per_fold": per_fold, "folds": fold_logits, "meta": meta,
-            "all": {"texts": z["texts_all"].astype(np.float64), "aug": z["aug_all"].astype(np.float64)}}
+            "all": {"texts": z["texts_all"].astype(np.float64), "aug": z["aug_all"].astype(np.float64)} if shipped else None}
 
 
 def baseline_pipeline(cfg):
@@ -876,7 +879,7 @@ def reference_stats(oof, held_out_ids, onnx_sha256, hp):
     }
 
 
-def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=0):
+def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=0, cv_seed=SEED):
     """The CV table. With choose_epochs, the CNN is trained that many epochs per fold, its held-out
     part scored after each, and the epoch count with the best mean held-out F1 is chosen (and
     written into hp): the per-epoch protocol of --search, for one configuration."""
@@ -888,7 +891,7 @@ def cv_report(hp, baseline_cfg, texts, labels, folds, tdata=None, choose_epochs=
                             + (", averaged with TF-IDF + LR" if TEACHER.get("kind") == "probe+tfidf" else ""),
                    "config": TEACHER, **summarize(probe["per_fold"]), "seconds": round(time.time() - t, 1)}
     if hp.get("teacher") == "finetuned":
-        teacher = load_finetuned_teacher(Path(__file__).resolve().parent, labels, folds)
+        teacher = load_finetuned_teacher(Path(__file__).resolve().parent, labels, folds, cv_seed)
         meta = teacher["meta"]
         if hp.get("transfer_aug"):
             assert tdata["variants"] == meta["config"]["variants"], "the transfer set must be the teacher's variants"
@@ -1091,7 +1094,7 @@ def main():
         # the word vectors and (for the probe's CV row) the tweets' sentence embeddings.
         parts = ("words", "tweets") if HP.get("teacher") == "finetuned" else ("words", "tweets", "variants")
         tdata = teacher_data(texts, max(HP.get("transfer_aug", 0), args.variants), args.cache, parts)
-    table, cv, teacher = cv_report(HP, BASELINE, texts, labels, folds, tdata, args.choose_epochs)
+    table, cv, teacher = cv_report(HP, BASELINE, texts, labels, folds, tdata, args.choose_epochs, args.cv_seed)
     print_table(table)
     if args.cv_only:
         print(json.dumps(table, indent=1))
