@@ -278,9 +278,11 @@ def main():
 
     summary = TR.summarize(per_fold)
     meta = {
-        "what": "logits of all-MiniLM-L6-v2 fine-tuned per CV fold (runs 0-4, on the fold's training part) and on all "
-                "of train.csv (run 'all'); texts_<run>[i] is train.csv row i, aug_<run>[i * variants + j] its j-th "
-                "augmented variant (teacher.augment, seed 42)",
+        "what": "logits of all-MiniLM-L6-v2 fine-tuned per CV fold (runs 0-4, on the fold's training part)"
+                + (f" of the --cv-seed {args.cv_seed} split, a check (no shipped teacher)" if check else
+                   " and on all of train.csv (run 'all')")
+                + "; texts_<run>[i] is train.csv row i, aug_<run>[i * variants + j] its j-th augmented variant "
+                  "(teacher.augment, seed 42)",
         "encoder": T.SOURCE,
         "package": f"{T.PACKAGE}=={md.version(T.PACKAGE)}",
         "tokenizers": md.version("tokenizers"),
