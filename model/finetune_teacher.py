@@ -223,14 +223,13 @@ def main():
     m.tokenizer.no_truncation()
     full_len = [len(e.ids) for e in m.tokenizer.encode_batch([clean(t) for t in texts])]
     truncated = int(sum(n > cfg["max_wordpieces"] for n in full_len))
-    key = hashlib.sha256(json.dumps([T.PINNED, cfg, SEED, hashlib.sha256(args.data.read_bytes()).hexdigest()]
-                                    + ([args.cv_seed] if check else [])).encode()).hexdigest()[:16]
+    data_sha = hashlib.sha256(args.data.read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps([T.PINNED, cfg, SEED, data_sha] + ([args.cv_seed] if check else [])).encode()).hexdigest()[:16]
     args.cache.mkdir(parents=True, exist_ok=True)
     runs = [r for r in args.folds.split(",") if r]
     wanted = ["0", "1", "2", "3", "4"] + ([] if check else ["all"])
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(f"fine-tuning teacher: {cfg}; {len(texts)} tweets ({truncated} truncated), {len(aug_texts)} variants; key {key}")
-    data_sha = hashlib.sha256(args.data.read_bytes()).hexdigest()
     frozen_key = hashlib.sha256(json.dumps([T.PINNED, data_sha, SEED, [cfg[k] for k in ("max_wordpieces", "frozen_layers", "variants")]]).encode()).hexdigest()[:16]
     t0 = time.time()
     hidden = frozen_bottom(m, cfg, wp + wp_aug, args.cache / f"frozen-{frozen_key}.npz", log)
@@ -270,7 +269,7 @@ def main():
     for r in wanted:
         arrays[f"texts_{r}"] = results[r]["texts"].astype(np.float32)
         arrays[f"aug_{r}"] = results[r]["aug"].astype(np.float32)
-    stem = f"teacher_scores-cv{args.cv_seed}" if check else "teacher_scores"
+    stem = TR.teacher_scores_stem(args.cv_seed)
     npz = args.out / f"{stem}.npz"
     # np.savez writes zip entries with a fixed timestamp: the same arrays give the same bytes.
     np.savez_compressed(npz, **arrays)
@@ -290,7 +289,7 @@ def main():
         "config": cfg,
         "seed": SEED,
         "cv_seed": args.cv_seed,
-        "train_csv_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
+        "train_csv_sha256": data_sha,
         "tweets": len(texts),
         "truncated": truncated,
         "variants": len(aug_texts),

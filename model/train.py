@@ -647,17 +647,23 @@ def cv_teacher(cfg, tdata, labels, folds):
     return {"per_fold": per_fold, "folds": fold_logits}
 
 
+def teacher_scores_stem(cv_seed):
+    """The file name (without .npz/.json) of the fine-tuned teachers' logits for a fold split:
+    another split than the shipped one (--cv-seed, a check) has its own teachers."""
+    return "teacher_scores" if cv_seed == SEED else f"teacher_scores-cv{cv_seed}"
+
+
 def load_finetuned_teacher(model_dir: Path, labels, folds, cv_seed=SEED):
     """The fine-tuned teacher's committed logits (model/finetune_teacher.py writes them): checked
-    against the SHA-256 in teacher_scores.json and against the data and folds used here. Same shape
-    as cv_teacher's result, plus "all" (the teacher fine-tuned on all of train.csv) and "meta"."""
-    # Another fold split than the shipped one (--cv-seed, a check) has its own teachers.
-    stem = "teacher_scores" if cv_seed == SEED else f"teacher_scores-cv{cv_seed}"
+    against the SHA-256 in their .json and against the data and folds used here. Same shape as
+    cv_teacher's result, plus "all" (the teacher fine-tuned on all of train.csv; None for a check
+    split, which has none) and "meta"."""
+    stem = teacher_scores_stem(cv_seed)
     meta = json.loads((model_dir / f"{stem}.json").read_text())
     npz = model_dir / f"{stem}.npz"
     got = hashlib.sha256(npz.read_bytes()).hexdigest()
     if got != meta["npz_sha256"]:
-        raise SystemExit(f"{npz}: SHA-256 {got}, teacher_scores.json says {meta['npz_sha256']}: "
+        raise SystemExit(f"{npz}: SHA-256 {got}, {stem}.json says {meta['npz_sha256']}: "
                          "re-run `just train --teacher`")
     z = np.load(npz)
     assert meta["tweets"] == len(labels), "teacher_scores.npz is for another train.csv"
